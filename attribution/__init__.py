@@ -1,0 +1,1 @@
+"""Node and edge attribution methods (AtP, integrated gradients, exact patching)."""

@@ -1,0 +1,5 @@
+import sys
+
+from circuits.cli import main
+
+sys.exit(main())

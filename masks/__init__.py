@@ -1,0 +1,1 @@
+"""Learned binary masks over SAE features and neurons."""

@@ -1,0 +1,1 @@
+"""Circuit diagrams, dashboards and the explorer page."""
