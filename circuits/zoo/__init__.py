@@ -1,0 +1,1 @@
+"""The shipped small model world: language, model, SAEs and tasks."""
