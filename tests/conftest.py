@@ -1,0 +1,142 @@
+"""Shared fixtures: tiny random-init models of each supported family, saved locally.
+
+Nothing is downloaded: each model is built from a small config with a word-level tokenizer and
+written with ``save_pretrained``, so tests load it by path exactly as users load a hub model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny matrices run fastest on one thread; extra threads only wait on busy cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+#: The tiny tokenizer's vocabulary (special tokens first).
+TINY_WORDS = (
+    ["<pad>", "<unk>", "<bos>", "<eos>"]
+    + "the a teacher teachers doctor doctors near by desk desks that is are was were "
+    "sat on mat cat dog".split()
+)
+
+#: Families `tiny_model_dir` can build.
+TINY_FAMILIES = ("gpt2", "gpt_neox", "llama", "gemma2")
+
+
+def make_tiny_tokenizer():
+    """A word-level ``PreTrainedTokenizerFast`` over `TINY_WORDS` that prepends ``<bos>``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: index for index, word in enumerate(TINY_WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+    )
+
+
+def make_tiny_config(family: str, **overrides):
+    """A 2-layer config of ``family`` with hidden size 32 over the tiny vocabulary."""
+    import transformers
+
+    vocab = len(TINY_WORDS)
+    special = {"bos_token_id": 2, "eos_token_id": 3}
+    if family == "gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=64, **special
+        )
+    elif family == "gpt_neox":
+        config = transformers.GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            use_parallel_residual=True,
+            **special,
+        )
+    elif family == "llama":
+        config = transformers.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            **special,
+        )
+    elif family == "gemma2":
+        # head_dim * heads (48) differs from hidden_size (32) on purpose; a short sliding window
+        # exercises the local-attention layers.
+        config = transformers.Gemma2Config(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=12,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            sliding_window=4,
+            pad_token_id=0,
+            **special,
+        )
+    else:
+        raise ValueError(f"unknown tiny family {family!r}; choose from {TINY_FAMILIES}")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def build_tiny_model(family: str, seed: int = 0, **overrides):
+    """A random-init causal LM of ``family`` in eval mode (see `make_tiny_config`)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = make_tiny_config(family, **overrides)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def save_tiny_model(family: str, directory: Path, seed: int = 0, **overrides) -> Path:
+    """Save a tiny ``family`` model and its tokenizer into ``directory``; return it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    build_tiny_model(family, seed, **overrides).save_pretrained(directory)
+    make_tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Factory: ``tiny_model_dir("gpt_neox")`` -> a directory holding that tiny model.
+
+    Each family is built once per session and shared; treat the directory as read-only.
+    """
+    built: dict[str, Path] = {}
+
+    def make(family: str) -> Path:
+        if family not in built:
+            built[family] = save_tiny_model(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+        return built[family]
+
+    return make
