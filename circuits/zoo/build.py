@@ -58,31 +58,27 @@ QUICK = ZooConfig(
 
 
 def build(config: ZooConfig = ZooConfig(), out_dir: Path = DATA_DIR, *, force: bool = False):
-    """Build every stage that is missing under ``out_dir``; returns the measured card as a dict."""
+    """Build every stage that is missing under ``out_dir`` (every stage with ``force``), then
+    measure the result; returns the card as a dict."""
     from circuits.zoo.card import measure, write_card
 
     out_dir = Path(out_dir)
-    if force and out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    timings = {}
-    stages = (
-        ("model", _build_model),
-        ("tasks", _build_tasks),
-        ("dictionaries", _build_dictionaries),
-    )
-    for name, stage in stages:
-        target = out_dir / name
-        if (target / "COMPLETE").exists():
-            continue
+    stages = {"model": _build_model, "tasks": _build_tasks, "dictionaries": _build_dictionaries}
+    for name, stage in stages.items():
+        done = out_dir / name / "COMPLETE"
+        if done.exists():
+            if not force:
+                continue
+            shutil.rmtree(out_dir / name)
         start = time.perf_counter()
-        target.mkdir(parents=True, exist_ok=True)
+        done.parent.mkdir(parents=True, exist_ok=True)  # may hold a checkpoint to resume from
         stage(config, out_dir)
-        (target / "COMPLETE").write_text("")
-        timings[name] = round(time.perf_counter() - start, 1)
+        done.write_text(f"{time.perf_counter() - start:.1f}\n")
     (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
     card = measure(out_dir, eval_docs=config.eval_docs, seed=config.seed)
-    card["build_seconds"] = timings
+    card["build_seconds"] = {
+        name: float((out_dir / name / "COMPLETE").read_text()) for name in stages
+    }
     write_card(card, out_dir)
     return card
 
