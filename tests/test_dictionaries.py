@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import save_file
 from torch.testing import assert_close
 
-from circuits import dictionaries as dl
 from circuits.dictionaries import (
     SAE,
     BatchTopK,
@@ -34,6 +33,7 @@ from circuits.dictionaries import (
     load_dictionary,
     save_dictionary,
 )
+from circuits.dictionaries import mapping as dl  # load_dictionaries reads ZOO_DICTIONARIES here
 
 D, F = 6, 10  # d_model, width
 
