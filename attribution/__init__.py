@@ -1,1 +1,31 @@
 """Node and edge attribution methods (AtP, integrated gradients, exact patching)."""
+
+from attribution.atp import atp_effects
+from attribution.batches import PairBatch, pair_batches
+from attribution.effects import ERROR, BatchEffects, NodeEffects, SubmoduleEffects, node_name
+from attribution.exact import ExactRunsError, exact_effects, exact_run_count
+from attribution.ig import ig_effects, ig_joint_effects
+from attribution.nodes import node_effects
+from attribution.splice import Spliced, Values, check_submodules, gradients, run_spliced
+
+__all__ = [
+    "ERROR",
+    "BatchEffects",
+    "ExactRunsError",
+    "NodeEffects",
+    "PairBatch",
+    "Spliced",
+    "SubmoduleEffects",
+    "Values",
+    "atp_effects",
+    "check_submodules",
+    "exact_effects",
+    "exact_run_count",
+    "gradients",
+    "ig_effects",
+    "ig_joint_effects",
+    "node_effects",
+    "node_name",
+    "pair_batches",
+    "run_spliced",
+]
