@@ -2,6 +2,7 @@
 
 from attribution.atp import atp_effects
 from attribution.batches import PairBatch, pair_batches
+from attribution.edges import edge_effects, wiring
 from attribution.effects import ERROR, BatchEffects, NodeEffects, SubmoduleEffects, node_name
 from attribution.exact import ExactRunsError, exact_effects, exact_run_count
 from attribution.ig import ig_effects, ig_joint_effects
@@ -19,6 +20,7 @@ __all__ = [
     "Values",
     "atp_effects",
     "check_submodules",
+    "edge_effects",
     "exact_effects",
     "exact_run_count",
     "gradients",
@@ -28,4 +30,5 @@ __all__ = [
     "node_name",
     "pair_batches",
     "run_spliced",
+    "wiring",
 ]

@@ -53,7 +53,7 @@ def test_card_numbers_match_a_direct_measurement(quick_zoo):
     with torch.no_grad():
         model.forward(batch)
     handle.remove()
-    keep = batch.attention_mask.bool() & (batch.input_ids != model.tokenizer.bos_token_id)
+    keep = batch.attention_mask.bool()
     x = hooked["x"][keep]
     with torch.no_grad():
         f = sae.encode(x)

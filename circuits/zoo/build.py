@@ -121,7 +121,10 @@ def _build_dictionaries(config: ZooConfig, out_dir: Path) -> None:
 
 
 def collect_activations(model, docs: list[str], *, batch_size: int) -> dict[str, torch.Tensor]:
-    """Activations of every submodule at every real, non-BOS token of ``docs``.
+    """Activations of every submodule at every real (non-padding) token of ``docs``.
+
+    BOS is kept: its activations are large and constant, and an SAE that never saw them breaks
+    the model when spliced in at position 0, which every later position attends to.
 
     Returns:
         ``{submodule name: [n_tokens, width]}`` in float16 (half the memory; the SAE trainer
@@ -133,7 +136,7 @@ def collect_activations(model, docs: list[str], *, batch_size: int) -> dict[str,
     for start in tqdm(range(0, len(docs), batch_size), desc="collect activations", leave=False):
         batch = model.tokenize(docs[start : start + batch_size])
         saved = run_saving(model, batch)
-        keep = batch.attention_mask.bool() & (batch.input_ids != model.tokenizer.bos_token_id)
+        keep = batch.attention_mask.bool()
         for name, act in saved.items():
             chunks[name].append(act[keep].half())
     return {name: torch.cat(parts) for name, parts in chunks.items()}

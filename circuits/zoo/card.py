@@ -5,7 +5,7 @@ Everything is re-measured from the saved files through the same loaders users ca
 
 - task accuracy: the fraction of prompts (clean and patch) whose correct answer's logit beats the
   other answer's, and the mean logit-difference margin, per task and split;
-- per SAE, on held-out corpus text (every real token except BOS): fraction of variance explained,
+- per SAE, on held-out corpus text (every real token, BOS included): fraction of variance explained,
   mean L0, the fraction of features that never fire, cross-entropy with the SAE spliced in (ΔCE in
   nats and the share of the zero-ablation loss it recovers), and task accuracy with it spliced in.
 """
@@ -87,7 +87,7 @@ def measure(zoo_dir: Path, *, eval_docs: int, seed: int) -> dict:
     }
     docs = language.corpus(eval_docs, seed=seed + 999_999)
     text = model.tokenize(docs)
-    keep = text.attention_mask.bool() & (text.input_ids != model.tokenizer.bos_token_id)
+    keep = text.attention_mask.bool()
     clean_ce = cross_entropy(spliced_logits(model, text), text)
     acts = run_saving(model, text)
 

@@ -25,7 +25,7 @@ class SAEConfig:
     """Hyper-parameters of one SAE run."""
 
     width: int = 2048
-    l1: float = 1.5
+    l1: float = 1.0
     lr: float = 3e-3
     steps: int = 2000
     batch_size: int = 2048

@@ -1,0 +1,1017 @@
+"""Edge effects between kept nodes, from one forward and batched Jacobian products.
+
+Sparse Feature Circuits (Marks et al., ICLR 2025) defines the effect of an upstream node ``u`` on
+the metric ``m`` through a downstream node ``d`` as
+
+    IE(u -> d) = dm/dd . dd/du . (u_patch - u_clean)
+
+``dm/dd`` is ``d``'s gradient (the left vector), ``u_patch - u_clean`` is ``u``'s delta, and
+``dd/du`` is the Jacobian at the clean input with every attributed submodule between ``u`` and
+``d`` held fixed (stop-gradient). Nodes are dictionary features and error terms
+(`attribution.splice`); an error node's ``[d_model]`` delta and gradient are contracted over
+``d_model``, and edges out of and into error nodes get their real values.
+
+Wiring. Upstream of an attributed submodule ``d`` are the attributed submodules before it, back to
+and including the nearest attributed ``resid_*`` or ``embed``, except ``attn_i -> mlp_i`` in
+parallel-attention models (`wiring`). With every submodule attributed this is SFC's table: per
+layer ``mlp_i -> resid_i``, ``attn_i -> resid_i``, ``attn_i -> mlp_i`` (sequential blocks only),
+``resid_{i-1} -> mlp_i``, ``resid_{i-1} -> attn_i``, ``resid_{i-1} -> resid_i``, with ``embed`` as
+``resid_{-1}``. The last attributed submodule feeds ``y`` with edge weight = its node effect.
+
+Steps, per batch of prompt pairs:
+
+1. **Held-fixed forward** of the clean prompts, one nnsight trace. At every attributed submodule
+   ``s`` in forward order: read ``x_s``, still attached to the graph of the leaves upstream; split
+   it, ``f_s = encode(x_s)``, ``e_s = x_s - decode(f_s)``, attached too; and write back ``x_s``
+   itself plus zeros whose gradient reaches only DETACHED leaves ``f~_s`` (the kept feature
+   columns) and ``e~_s``. The graph of ``(f_d, e_d)`` therefore reaches exactly the leaves of the
+   submodules that feed ``d`` without passing another attributed submodule, whose outputs are cut
+   leaves: the wiring above with the intermediates held fixed. ``resid_{i-1} -> resid_i`` goes
+   through the skip connection only; in a sequential block ``resid_{i-1} -> mlp_i`` sees
+   ``attn_i`` held fixed. Every Jacobian comes from this one forward.
+2. **Deltas**: one patch forward without gradients (zero-ablation without patch prompts:
+   delta = -clean).
+3. **Left vectors**. ``gradient="atp"``: the metric's total derivative at the clean input, the
+   gradient attribution patching uses (the same numbers as `attribution.atp`), read off the graph
+   of step 1: the metric's backward gives each leaf's direct gradient, then a sweep over the
+   submodules in reverse order passes each submodule's finished gradient (its error leaf's,
+   which is the gradient at its activation) to the earlier leaves by one vector-Jacobian product
+   through ``x_s``; one backward in all. ``"ig"`` / ``"ig-joint"``: the integrated-gradients mean
+   gradient of each downstream submodule (`attribution.ig`), while ``dd/du`` stays the Jacobian
+   at the clean input. That is what the reference implementation does for edges when its node
+   effects come from IG, so the edges match IG node effects.
+4. **Edges into each downstream submodule** ``d``, between kept nodes only, by one of two exact
+   routes with the same numbers:
+
+   - ``vjp``: the left vector restricted to one kept downstream node is a cotangent on ``f_d``;
+     ``chunk_size`` of them go through one batched backward
+     (``torch.autograd.grad(..., is_grads_batched=True)``) to every upstream leaf at once, and are
+     contracted with the upstream deltas at the kept upstream nodes right away. Cost grows with
+     the kept downstream nodes.
+   - ``jvp``: the delta restricted to one kept upstream node is a tangent. ``J t`` is the gradient
+     of ``(J^T c) . t`` with respect to the cotangent ``c``: one ``create_graph`` backward builds
+     ``J^T c``, then each chunk of tangents is one batched backward, contracted with the left
+     vector at the kept downstream features. Cost grows with the kept upstream nodes.
+
+   ``direction="auto"`` takes ``jvp`` for ``d``'s features when its upstream submodules keep
+   fewer nodes altogether than ``d`` keeps features (one product costs about the same either way),
+   else ``vjp``. Error nodes of ``d`` (one, or one per kept position) always go by ``vjp``. Where
+   the backward cannot itself be differentiated (PyTorch's fused CPU attention kernel, i.e. edges
+   into ``attn_*``), ``jvp`` falls back to ``vjp`` for that submodule.
+5. **Aggregate** as SFC's ``get_circuit`` does. ``"sum"``: each example's edge summed over both
+   ends' positions, then the mean over examples. ``"none"``: positions kept, ``u@q -> d@p``
+   averaged over examples; pairs with ``q > p`` are left out (attention carries earlier positions
+   to later ones, every other connection stays within a position; the reference's dense blocks
+   hold every pair, and ``q > p`` is exactly zero there). Sums accumulate over batches and are
+   divided by the number of examples once, so uneven batches weigh each example the same.
+
+Kept nodes. ``resid_2/17`` (``"sum"``) is feature 17 at every position of every example;
+``resid_2/17@5`` (``"none"``) is feature 17 at position 5 of every example. The reference
+thresholds node effects per (example, position) before aggregating; here the nodes are the
+aggregated ones a circuit shows (`attribution.NodeEffects.nodes`).
+
+Cost per batch (``"atp"``): one clean forward that keeps its graph, one patch forward without
+gradients, one backward (in pieces), and per downstream submodule ``ceil(n / chunk_size)``
+batched backwards with ``n = min(kept upstream nodes, kept downstream features)`` plus one for
+its error nodes (``jvp`` adds one ``create_graph`` backward). Each of these runs only between
+``d`` and its upstream leaves, about one block, never the whole model. Only kept feature columns
+are leaves and, for the shipped SAE kinds, only kept columns of the downstream encoder are
+differentiated, so a product's cost does not grow with the dictionary width (except through an
+error node, whose Jacobian involves the whole dictionary). ``"ig"`` adds ``steps`` forward and
+backward rows per example and downstream submodule (``"ig-joint"``: ``steps`` in all). The
+reference runs one forward per submodule pair and one backward through the model per kept
+(example, position, feature).
+
+Memory: a batched product holds ``chunk_size x batch x pos x m`` values per feature leaf and
+``chunk_size x batch x pos x d_model`` per error leaf it reaches; no dense
+``[nodes x batch x pos x width]`` block beyond one chunk is built.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import nnsight
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from attribution.batches import PairBatch, TaskLike, pair_batches
+from attribution.effects import NodeEffects
+from attribution.ig import _mean_over_steps, _path
+from attribution.nodes import AGGREGATIONS, Aggregation, _check_equal_lengths
+from attribution.splice import (
+    Values,
+    check_submodules,
+    gradients,
+    patch_side,
+    repeat_batch,
+    run_spliced,
+)
+from circuits.dictionaries import (
+    SAE,
+    BatchTopK,
+    Dictionary,
+    GatedSAE,
+    Identity,
+    JumpReLU,
+    ReLU,
+    TopK,
+)
+from circuits.graph import OUTPUT, node_name, parse_node_name
+from circuits.metrics import METRICS, BatchInfo, Metric, get_metric
+from circuits.models import Model
+
+__all__ = ["Direction", "Gradient", "edge_effects", "wiring"]
+
+Gradient = Literal["atp", "ig", "ig-joint"]
+"""Which left vector ``dm/dd``: the clean-input gradient, or an IG mean gradient."""
+Direction = Literal["auto", "vjp", "jvp"]
+"""How Jacobians are applied: per downstream node (``vjp``), per upstream node (``jvp``)."""
+
+GRADIENTS = ("atp", "ig", "ig-joint")
+DIRECTIONS = ("auto", "vjp", "jvp")
+_GRADIENT_OF_METHOD = {"atp": "atp", "exact": "atp", "ig": "ig", "ig-joint": "ig-joint"}
+
+NodeSpec = Iterable[str] | Mapping[str, Iterable[int | str | tuple[int | str, int]]]
+"""Kept nodes: node names, or ``{submodule: indices}`` (see `edge_effects`)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Wiring and kept nodes
+
+
+def wiring(model: Model, submodules: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The upstream submodules of each attributed submodule, and of the output node ``y``.
+
+    Args:
+        model: The model (its submodule kinds and ``parallel_attn``).
+        submodules: The attributed submodules, in forward order.
+
+    Returns:
+        ``{downstream: (upstream, ...)}`` in forward order, with key `OUTPUT` (``"y"``) last: the
+        attributed submodules before ``downstream``, back to and including the nearest attributed
+        ``resid_*`` or ``embed``, without ``attn_i`` for ``mlp_i`` in parallel-attention models.
+    """
+    kinds = {sub.name: sub for sub in model.submodules}
+    out: dict[str, tuple[str, ...]] = {}
+    for position, down in enumerate([*submodules, OUTPUT]):
+        upstream = []
+        for up in reversed(submodules[:position]):
+            same_block_attn = (
+                down != OUTPUT
+                and kinds[up].kind == "attn"
+                and kinds[down].kind == "mlp"
+                and kinds[up].layer == kinds[down].layer
+            )
+            if not (model.parallel_attn and same_block_attn):
+                upstream.append(up)
+            if kinds[up].kind in ("resid", "embed"):
+                break
+        out[down] = tuple(reversed(upstream))
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class _Kept:
+    """One submodule's kept nodes: features first, then error nodes.
+
+    Attributes:
+        names: Node names, in row order.
+        columns: ``[m]`` the distinct kept feature indices of the dictionary, ascending: the
+            only feature columns made gradient leaves.
+        feature: ``[n_features]`` each feature row's column in ``columns``.
+        feature_position: ``[n_features]`` position of each feature row (``"none"``), else None.
+        error_position: ``[n_errors]`` position of each error row (``"none"``); with ``"sum"``
+            a ``[1]`` or ``[0]`` tensor that only counts whether the error node is kept.
+    """
+
+    names: tuple[str, ...]
+    columns: Tensor
+    feature: Tensor
+    feature_position: Tensor | None
+    error_position: Tensor
+
+    @property
+    def n_features(self) -> int:
+        return self.feature.shape[0]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _names_of(nodes: NodeSpec) -> list[str]:
+    """Node names from names or from ``{submodule: indices}``."""
+    if isinstance(nodes, NodeEffects):
+        raise TypeError(
+            "pass the kept node names, e.g. effects.nodes(threshold=0.1), as nodes= and the "
+            "NodeEffects itself as effects="
+        )
+    if isinstance(nodes, str):
+        raise TypeError("nodes must be a collection of node names, not one string")
+    if not isinstance(nodes, Mapping) or all(key == OUTPUT or "/" in key for key in nodes):
+        return list(nodes)  # names, or {name: effect} as NodeEffects.nodes() gives them
+    names = []
+    for sub, items in nodes.items():
+        if isinstance(items, (str, int)):
+            items = [items]
+        for item in items:
+            if isinstance(item, tuple):
+                index, position = item
+                names.append(node_name(sub, index, position))
+            else:
+                names.append(f"{sub}/{item}")
+    return names
+
+
+def _kept_nodes(
+    names: list[str],
+    submodules: Sequence[str],
+    dictionaries: Mapping[str, Dictionary],
+    model: Model,
+    positions: bool,
+) -> dict[str, _Kept]:
+    """Parse and check kept node names into `_Kept` records per attributed submodule."""
+    rows: dict[str, dict[str, tuple[int, int]]] = {name: {} for name in submodules}
+    for name in names:
+        if name == OUTPUT:
+            continue
+        node = parse_node_name(name)  # ValueError on a malformed name
+        model.submodule(node.submodule)  # ValueError on a submodule this model lacks
+        if node.submodule not in rows:
+            raise ValueError(
+                f"node {name!r} is in {node.submodule}, which is not attributed (no dictionary "
+                f"given, or not in submodules=); attributed: {', '.join(submodules)}"
+            )
+        if (node.position is not None) != positions:
+            raise ValueError(
+                f"node {name!r}: aggregation {'none' if positions else 'sum'!r} needs node names "
+                f"{'with' if positions else 'without'} '@<position>'"
+            )
+        width = dictionaries[node.submodule].width
+        if node.index is not None and node.index >= width:
+            raise ValueError(
+                f"node {name!r}: {node.submodule}'s dictionary has {width} features "
+                f"(0..{width - 1})"
+            )
+        index = -1 if node.index is None else node.index
+        rows[node.submodule][node.name] = (index, node.position or 0)
+    kept = {}
+    for sub, found in rows.items():
+        ordered = sorted(found.items(), key=lambda item: (item[1][0] < 0, item[1][1], item[1][0]))
+        features = [(i, p) for _, (i, p) in ordered if i >= 0]
+        errors = [p for _, (i, p) in ordered if i < 0]
+        index = torch.tensor([i for i, _ in features], dtype=torch.long)
+        columns = torch.unique(index)  # sorted
+        kept[sub] = _Kept(
+            names=tuple(name for name, _ in ordered),
+            columns=columns,
+            feature=torch.searchsorted(columns, index),
+            feature_position=(
+                torch.tensor([p for _, p in features], dtype=torch.long) if positions else None
+            ),
+            error_position=torch.tensor(errors, dtype=torch.long),
+        )
+    return kept
+
+
+# ------------------------------------------------------------------------------------------------
+# Selecting and contracting kept nodes
+
+
+def _select(kept: _Kept, values: Values, lo: int, hi: int, out: Values, offset: int) -> None:
+    """Write ``values`` restricted to each kept node of rows ``lo:hi`` into ``out``.
+
+    Args:
+        kept: The submodule's kept nodes.
+        values: ``[batch, pos, m]`` / ``[batch, pos, d_model]`` (a left vector or a delta at the
+            kept columns).
+        lo, hi: The kept rows to take.
+        out: ``[n, batch, pos, m]`` / ``[n, batch, pos, d_model]`` zeros (either may be None when
+            no row of that kind is taken); row ``offset + r - lo`` receives kept row ``r``.
+        offset: Where row ``lo`` goes in ``out``.
+    """
+    nf = kept.n_features
+    device = values.features.device
+    if min(hi, nf) > lo:  # feature rows
+        rows = torch.arange(min(hi, nf) - lo, device=device) + offset
+        index = kept.feature[lo : min(hi, nf)].to(device)
+        if kept.feature_position is None:
+            # [batch, pos, n] -> [n, batch, pos]
+            out.features[rows, :, :, index] = values.features[:, :, index].permute(2, 0, 1)
+        else:
+            position = kept.feature_position[lo : min(hi, nf)].to(device)
+            # [batch, n] -> [n, batch]
+            out.features[rows, :, position, index] = values.features[:, position, index].T
+    if hi > max(lo, nf):  # error rows
+        first = max(lo, nf)
+        rows = torch.arange(first - lo, hi - lo, device=device) + offset
+        if kept.feature_position is None:
+            out.error[rows] = values.error
+        else:
+            position = kept.error_position[first - nf : hi - nf].to(device)
+            # [batch, n, d_model] -> [n, batch, d_model]
+            out.error[rows, :, position, :] = values.error[:, position, :].permute(1, 0, 2)
+
+
+def _contract(kept: _Kept, batched: Values, values: Values) -> Tensor:
+    """``sum over batch (and positions) of batched * values`` at each kept node: ``[n, kept]``.
+
+    Args:
+        kept: The submodule's kept nodes.
+        batched: ``[n, batch, pos, m]`` / ``[n, batch, pos, d_model]`` products; with
+            ``batched.error`` None, only the feature rows are contracted.
+        values: ``[batch, pos, m]`` / ``[batch, pos, d_model]`` (a delta or a left vector at the
+            kept columns).
+
+    Returns:
+        ``[n, kept rows]`` in float32: for a feature, the product summed over the batch (and over
+        positions with ``"sum"``); for an error node, also contracted over ``d_model``.
+    """
+    parts = []
+    device = values.features.device
+    if kept.n_features:
+        index = kept.feature.to(device)
+        if kept.feature_position is None:
+            left = batched.features[..., index].float()  # [n, batch, pos, n_features]
+            parts.append((left * values.features[..., index].float()).sum(dim=(1, 2)))
+        else:
+            position = kept.feature_position.to(device)
+            left = batched.features[:, :, position, index].float()  # [n, batch, n_features]
+            parts.append((left * values.features[:, position, index].float()).sum(dim=1))
+    n_errors = len(kept) - kept.n_features
+    if n_errors and batched.error is not None:
+        if kept.feature_position is None:
+            product = batched.error.float() * values.error.float()  # [n, batch, pos, d_model]
+            parts.append(product.sum(dim=(1, 2, 3))[:, None])
+        else:
+            position = kept.error_position.to(device)
+            left = batched.error[:, :, position, :].float()  # [n, batch, n_errors, d_model]
+            parts.append((left * values.error[:, position, :].float()).sum(dim=(1, 3)))
+    if not parts:
+        return values.features.new_zeros(batched.features.shape[0], 0, dtype=torch.float32)
+    return torch.cat(parts, dim=1)
+
+
+def _zeros(n: int, like: Values) -> Values:
+    return Values(
+        like.features.new_zeros(n, *like.features.shape), like.error.new_zeros(n, *like.error.shape)
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Step 1: the held-fixed forward
+
+
+def _decoder_rows(
+    dictionary: Dictionary, columns: Tensor, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """``[m, d_model]``: each kept feature's decoder direction, ``decode(one-hot) - decode(0)``.
+
+    Decoders are affine (every dictionary here is: ``f @ W_dec + b_dec``, or the identity), so
+    this is the decoder's Jacobian at the kept columns, read off in chunks of 256 features.
+
+    Raises:
+        ValueError: when doubling a one-hot input does not double its effect (a decoder that is
+            not affine).
+    """
+    zero = dictionary.decode(torch.zeros(1, dictionary.width, device=device, dtype=dtype))
+    rows = []
+    for lo, hi in _chunks(len(columns), 256):
+        one_hot = torch.zeros(hi - lo, dictionary.width, device=device, dtype=dtype)
+        one_hot[torch.arange(hi - lo, device=device), columns[lo:hi].to(device)] = 1
+        moved = dictionary.decode(one_hot) - zero  # [chunk, d_model]
+        doubled = dictionary.decode(2 * one_hot) - zero
+        scale = float(moved.abs().max()) if moved.numel() else 0.0
+        if not torch.allclose(doubled, 2 * moved, rtol=1e-3, atol=1e-4 * max(scale, 1e-30)):
+            raise ValueError(
+                f"{type(dictionary).__name__}.decode is not affine; edge effects need decoders "
+                "of the form f @ W_dec + b_dec"
+            )
+        rows.append(moved)
+    if not rows:
+        return zero.new_zeros(0, dictionary.d_model)
+    return torch.cat(rows)
+
+
+def _kept_encoder(
+    dictionary: Dictionary, columns: Tensor
+) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """``(x, f) -> encode(x)[..., columns]`` computed on the kept columns only, or None.
+
+    Where a shipped dictionary's features are column-wise functions of ``x @ W_enc`` (ReLU,
+    JumpReLU, BatchTopK and gated SAEs; TopK with its selection taken from the full features
+    ``f`` as a constant, which is what its gradient does), the kept features and their Jacobian
+    cost ``m`` columns instead of the dictionary's width. None for any other dictionary: the
+    caller then slices the full ``encode``.
+    """
+    kind = type(dictionary)
+    device = next(iter(dictionary.buffers()), next(iter(dictionary.parameters()), None))
+    columns = columns if device is None else columns.to(device.device)
+    if kind is Identity:
+        return lambda x, f: x[..., columns]
+    if kind is GatedSAE:
+        w_enc = dictionary.W_enc[:, columns]  # [d_model, m]
+        b_gate, b_mag = dictionary.b_gate[columns], dictionary.b_mag[columns]
+        scale = dictionary.r_mag[columns].exp()
+
+        def gated(x: Tensor, f: Tensor) -> Tensor:
+            x = x - dictionary.b_dec if dictionary.apply_b_dec_to_input else x
+            pi = x @ w_enc  # [batch, pos, m]
+            return (pi + b_gate > 0) * (scale * pi + b_mag).relu()
+
+        return gated
+    if kind is not SAE:
+        return None
+    w_enc, b_enc = dictionary.W_enc[:, columns], dictionary.b_enc[columns]
+    activation = dictionary.activation
+
+    def pre(x: Tensor) -> Tensor:
+        x = x - dictionary.b_dec if dictionary.apply_b_dec_to_input else x
+        return x @ w_enc + b_enc  # [batch, pos, m]
+
+    if type(activation) is ReLU:
+        return lambda x, f: pre(x).relu()
+    if type(activation) is JumpReLU:
+        threshold = activation.threshold[columns]
+        return lambda x, f: (p := pre(x)).relu() * (p > threshold)
+    if type(activation) is BatchTopK:
+        return lambda x, f: (a := pre(x).relu()) * (a > activation.threshold)
+    if type(activation) is TopK:
+        return lambda x, f: pre(x).relu() * (f[..., columns] != 0)
+    return None
+
+
+class _Split(NamedTuple):
+    """A submodule in the held-fixed graph."""
+
+    x: Tensor  # [batch, pos, d_model], attached to the leaves upstream
+    attached: Values  # encode(x) at the kept columns, x - decode(encode(x)): attached
+    leaves: Values  # the same values as detached gradient leaves, which feed downstream
+    clean: Values  # every feature and the error, detached: [batch, pos, width/d_model]
+
+
+def _held_fixed(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    batch,
+    names: Sequence[str],
+    kept: Mapping[str, _Kept],
+    rows: Mapping[str, Tensor],
+    encoders: Mapping[str, Callable[[Tensor, Tensor], Tensor] | None] | None = None,
+) -> tuple[dict[str, _Split], Tensor]:
+    """One clean forward building the held-fixed graph; ``({name: _Split}, [batch, vocab])``.
+
+    Only the kept feature columns become leaves (``[batch, pos, m]``); the activation written
+    back is ``x`` itself, plus ``(f~ - f~.detach()) @ rows + (e~ - e~.detach())``, zeros whose
+    gradient reaches the leaves and nothing upstream.
+    """
+    splits: dict[str, _Split] = {}
+    with torch.enable_grad():
+        with model.trace(batch):
+            for name in names:
+                dictionary = dictionaries[name]
+                x = model.read(name)  # [batch, pos, d_model]
+                f = dictionary.encode(x)  # [batch, pos, width]
+                e = x - dictionary.decode(f)  # [batch, pos, d_model]
+                columns = kept[name].columns.to(f.device)
+                f_kept = f[..., columns]  # [batch, pos, m]
+                cheap = None if encoders is None else encoders[name]
+                if cheap is not None:
+                    narrow = cheap(x, f.detach())  # the same values, m columns of Jacobian
+                    if torch.allclose(narrow, f_kept, rtol=1e-4, atol=1e-6):
+                        f_kept = narrow
+                f_leaf = f_kept.detach().requires_grad_(True)
+                e_leaf = e.detach().requires_grad_(True)
+                moved = (f_leaf - f_leaf.detach()) @ rows[name]  # [batch, pos, d_model]
+                model.write(name, x.detach() + moved + (e_leaf - e_leaf.detach()))
+                splits[name] = _Split(
+                    x, Values(f_kept, e), Values(f_leaf, e_leaf), Values(f.detach(), e.detach())
+                )
+            logits = batch.at_last(model.read_logits()).save()  # [batch, vocab]
+            nnsight.save(splits)
+    return splits, logits
+
+
+def _grad(outputs, inputs, grad_outputs, **kwargs) -> list[Tensor | None]:
+    return list(
+        torch.autograd.grad(
+            outputs,
+            inputs,
+            grad_outputs=grad_outputs,
+            allow_unused=True,
+            retain_graph=True,
+            **kwargs,
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Step 3: left vectors
+
+
+def _direct(splits: Mapping[str, _Split], metric_values: Tensor, names: Sequence[str]) -> list:
+    """Each leaf's direct metric gradient (through no other attributed submodule), in the order
+    ``f~, e~`` per submodule of ``names``: one backward of the metric."""
+    leaves = [t for name in names for t in splits[name].leaves]
+    grads = _grad(metric_values.sum(), leaves, None)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads, strict=True)]
+
+
+def _total(splits: Mapping[str, _Split], direct: list, names: Sequence[str]) -> list:
+    """Each leaf's total metric gradient (the AtP gradient), from the direct ones.
+
+    Going backwards over submodules, a submodule's total gradient is complete once every later
+    submodule has been visited; its error leaf's gradient is the gradient at its activation, and
+    one vector-Jacobian product through ``x_s`` passes it on to every earlier leaf. Altogether
+    this is one backward through the model, in pieces.
+    """
+    leaves = [t for name in names for t in splits[name].leaves]
+    total = list(direct)
+    for i in reversed(range(1, len(names))):
+        x = splits[names[i]].x
+        if not x.requires_grad:
+            continue
+        for k, g in enumerate(_grad(x, leaves[: 2 * i], total[2 * i + 1])):
+            if g is not None:
+                total[k] = total[k] + g
+    return total
+
+
+def _pack(grads: list, names: Sequence[str]) -> dict[str, Values]:
+    return {name: Values(grads[2 * i], grads[2 * i + 1]) for i, name in enumerate(names)}
+
+
+def _ig_left(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    batch: PairBatch,
+    names: Sequence[str],
+    targets: Sequence[str],
+    clean: Mapping[str, Values],
+    patch: Mapping[str, Values],
+    metric: Metric,
+    info: BatchInfo,
+    steps: int,
+    joint: bool,
+) -> dict[str, Values]:
+    """IG mean gradients of ``targets`` (`attribution.ig`): ``{name: Values}``."""
+    stacked = repeat_batch(batch.clean, steps)  # [steps * batch, pos]
+    info = info.repeat(steps)
+    if joint:
+        paths = {name: _path(clean[name], patch[name], steps) for name in names}
+        run = run_spliced(model, dictionaries, stacked, values=paths, grad=True, pass_through=True)
+        grads = gradients(metric(run.logits, info), run.values)
+        return {name: _mean_over_steps(grads[name], steps) for name in targets}
+    out = {}
+    for name in targets:
+        path = {name: _path(clean[name], patch[name], steps)}
+        run = run_spliced(model, dictionaries, stacked, values=path, grad=True)
+        grad = gradients(metric(run.logits, info), run.values)[name]
+        out[name] = _mean_over_steps(grad, steps)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Step 4: edges into one downstream submodule
+
+
+def _chunks(n: int, size: int | None) -> Iterable[tuple[int, int]]:
+    size = n if size is None else size
+    return ((lo, min(lo + size, n)) for lo in range(0, n, size))
+
+
+def _edges_vjp(
+    down: str,
+    ups: Sequence[str],
+    splits: Mapping[str, _Split],
+    kept: Mapping[str, _Kept],
+    left: Values,
+    delta: Mapping[str, Values],
+    chunk_size: int | None,
+    rows: tuple[int, int],
+) -> dict[str, Tensor]:
+    """``{up: [hi - lo, n_up]}``: edges into kept rows ``rows = (lo, hi)`` of ``down``, one
+    batched backward per chunk of them.
+
+    ``rows`` lie all among the features or all among the error nodes, so a chunk differentiates
+    only ``f_d`` (``m`` columns) or only ``e_d`` (through the whole dictionary, but for few rows).
+    """
+    lo, hi = rows
+    errors = lo >= kept[down].n_features
+    output = splits[down].attached[1 if errors else 0]
+    leaves = [t for up in ups for t in splits[up].leaves]
+    blocks = {up: [] for up in ups}
+    for a, b in _chunks(hi - lo, chunk_size):
+        n = b - a
+        cotangent = Values(
+            None if errors else left.features.new_zeros(n, *left.features.shape),
+            left.error.new_zeros(n, *left.error.shape) if errors else None,
+        )  # [n, batch, pos, m] or [n, batch, pos, d_model]
+        _select(kept[down], left, lo + a, lo + b, cotangent, 0)
+        grads = _grad(output, leaves, cotangent[1 if errors else 0], is_grads_batched=True)
+        for i, up in enumerate(ups):
+            batched = Values(
+                *(
+                    g if g is not None else t.new_zeros(n, *t.shape)
+                    for g, t in zip(grads[2 * i : 2 * i + 2], delta[up], strict=True)
+                )
+            )
+            blocks[up].append(_contract(kept[up], batched, delta[up]))  # [n, n_up]
+    return {
+        up: torch.cat(parts) if parts else left.features.new_zeros(0, len(kept[up])).float()
+        for up, parts in blocks.items()
+    }
+
+
+class _NoDoubleBackward(RuntimeError):
+    """The model's backward cannot itself be differentiated here."""
+
+
+def _edges_jvp(
+    down: str,
+    ups: Sequence[str],
+    splits: Mapping[str, _Split],
+    kept: Mapping[str, _Kept],
+    left: Values,
+    delta: Mapping[str, Values],
+    chunk_size: int | None,
+) -> dict[str, Tensor]:
+    """``{up: [n_features_down, n_up]}``: edges into the kept features of ``down``, one batched
+    Jacobian-vector product per chunk of kept upstream nodes.
+
+    The product ``J t`` is the gradient of ``(J^T c) . t`` with respect to the cotangent ``c``:
+    one ``create_graph`` backward builds ``J^T c`` for every upstream leaf, then each chunk of
+    tangents (upstream deltas restricted to one node each) is one batched backward.
+    """
+    f_down = splits[down].attached.features  # [batch, pos, m]
+    cotangent = torch.zeros_like(f_down).requires_grad_(True)
+    leaves = [(up, k, t) for up in ups for k, t in enumerate(splits[up].leaves)]
+    vjps = _grad(f_down, [t for _, _, t in leaves], cotangent, create_graph=True)
+    reached = [  # (up, 0 for features / 1 for the error, J^T c) for leaves f_down depends on
+        (up, k, vjp)
+        for (up, k, _), vjp in zip(leaves, vjps, strict=True)
+        if vjp is not None and vjp.requires_grad
+    ]
+    starts, total = {}, 0  # upstream rows: ups in order, each its kept rows
+    for up in ups:
+        starts[up], total = total, total + len(kept[up])
+    n_down = kept[down].n_features
+    columns = {up: [] for up in ups}
+    for lo, hi in _chunks(total, chunk_size):
+        tangents = {}
+        for up in ups:
+            a, b = max(lo, starts[up]), min(hi, starts[up] + len(kept[up]))
+            if a < b:
+                tangent = _zeros(hi - lo, delta[up])
+                _select(kept[up], delta[up], a - starts[up], b - starts[up], tangent, a - lo)
+                tangents[up] = tangent
+        used = [(up, k, vjp) for up, k, vjp in reached if up in tangents]
+        block = left.features.new_zeros(n_down, hi - lo, dtype=torch.float32)
+        if used:
+            try:
+                (jvp,) = _grad(
+                    [vjp for _, _, vjp in used],
+                    cotangent,
+                    [tangents[up][k] for up, k, _ in used],
+                    is_grads_batched=True,
+                )
+            except RuntimeError as error:
+                if "not implemented" in str(error):
+                    raise _NoDoubleBackward(str(error)) from error
+                raise
+            if jvp is not None:  # [n, batch, pos, m]
+                block = _contract(kept[down], Values(jvp, None), left).T  # [n_down, n]
+        for up in tangents:
+            a, b = max(lo, starts[up]), min(hi, starts[up] + len(kept[up]))
+            columns[up].append(block[:, a - lo : b - lo])
+    return {up: torch.cat(parts, dim=1) for up, parts in columns.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# One batch
+
+
+@dataclass(frozen=True, eq=False)
+class _BatchEdges:
+    """Edge sums over one batch's examples.
+
+    Attributes:
+        edges: ``{(up, down): [n_down_kept, n_up_kept]}``.
+        output: ``{up: [n_up_kept]}`` for the edges into ``y``.
+    """
+
+    edges: dict[tuple[str, str], Tensor]
+    output: dict[str, Tensor]
+
+
+def _batch_edges(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    batch: PairBatch,
+    *,
+    metric: Metric,
+    names: Sequence[str],
+    wires: Mapping[str, tuple[str, ...]],
+    kept: Mapping[str, _Kept],
+    gradient: Gradient,
+    steps: int,
+    chunk_size: int | None,
+    direction: Direction,
+    rows: Mapping[str, Tensor],
+    encoders: Mapping[str, Callable[[Tensor, Tensor], Tensor] | None],
+    no_double_backward: set[str],
+) -> _BatchEdges:
+    # 1. Held-fixed forward.
+    splits, logits = _held_fixed(model, dictionaries, batch.clean, names, kept, rows, encoders)
+    info = batch.info.with_clean_logits(logits)
+    metric_clean = metric(logits, info)
+    clean = {name: splits[name].clean for name in names}
+    mask = batch.mask.to(logits.device)[:, :, None]  # [batch, pos, 1]
+
+    def at_kept(name: str, values: Values) -> Values:
+        """Kept feature columns only, zero at padding: ``[batch, pos, m]`` / ``[.., d_model]``."""
+        features = values.features[..., kept[name].columns.to(mask.device)]
+        return Values(
+            features * mask.to(features.dtype), values.error * mask.to(values.error.dtype)
+        )
+
+    # 2. Deltas.
+    patch, _ = patch_side(model, dictionaries, batch, names, metric, info, clean)
+    delta = {
+        name: at_kept(
+            name,
+            Values(
+                patch[name].features - clean[name].features, patch[name].error - clean[name].error
+            ),
+        )
+        for name in names
+    }
+    # 3. Left vectors, zero at padding.
+    with torch.enable_grad():
+        direct = _direct(splits, metric_clean, names)
+        if gradient == "atp":
+            left = _pack(_total(splits, direct, names), names)
+        else:
+            targets = [
+                name
+                for name in names
+                if len(kept[name])
+                and (name == names[-1] or any(len(kept[up]) for up in wires[name]))
+            ]
+            left = _ig_left(
+                model,
+                dictionaries,
+                batch,
+                names,
+                targets,
+                clean,
+                patch,
+                metric,
+                info,
+                steps,
+                joint=gradient == "ig-joint",
+            )
+            left = {name: at_kept(name, grad) for name, grad in left.items()}
+    direct = _pack(direct, names)
+    left = {n: Values(*(t * mask.to(t.dtype) for t in g)) for n, g in left.items()}
+
+    # 4. Edges into each downstream submodule: its features in the cheaper direction, its
+    # error nodes (one, or one per kept position) always by vector-Jacobian products.
+    edges: dict[tuple[str, str], Tensor] = {}
+    with torch.enable_grad():
+        for down in names:
+            ups = [up for up in wires[down] if len(kept[up])]
+            if not len(kept[down]) or not ups:
+                continue
+            n_features = kept[down].n_features
+            n_up = sum(len(kept[up]) for up in ups)
+            use_jvp = n_features > 0 and (
+                direction == "jvp" or (direction == "auto" and n_up < n_features)
+            )
+            args = (down, ups, splits, kept, left[down], delta, chunk_size)
+            into_features = None
+            if use_jvp and down not in no_double_backward:
+                try:
+                    into_features = _edges_jvp(*args)
+                except _NoDoubleBackward as error:
+                    no_double_backward.add(down)
+                    if direction == "jvp":
+                        warnings.warn(
+                            f"edges into {down}: the model's backward is not twice "
+                            f"differentiable here ({error}); using vector-Jacobian products",
+                            stacklevel=4,
+                        )
+            if into_features is None:
+                into_features = _edges_vjp(*args, rows=(0, n_features))
+            into_errors = _edges_vjp(*args, rows=(n_features, len(kept[down])))
+            for up in ups:
+                edges[(up, down)] = torch.cat([into_features[up], into_errors[up]])
+
+    # Edges into y: the last submodule's node effects; direct effects for other feeders.
+    output = {}
+    for up in wires[OUTPUT]:
+        if not len(kept[up]):
+            continue
+        grad = left[up] if up == names[-1] else Values(*(t * mask.to(t.dtype) for t in direct[up]))
+        output[up] = _contract(kept[up], Values(*(t[None] for t in grad)), delta[up])[0]
+    return _BatchEdges(edges, output)
+
+
+# ------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def edge_effects(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    task_or_batches: TaskLike,
+    nodes: NodeSpec,
+    *,
+    effects: NodeEffects | None = None,
+    metric: str | Callable[[Tensor, BatchInfo], Tensor] | Metric | None = None,
+    aggregation: Aggregation | None = None,
+    gradient: Gradient | None = None,
+    steps: int | None = None,
+    submodules: Iterable[str] | None = None,
+    batch_size: int = 16,
+    chunk_size: int | None = 64,
+    direction: Direction = "auto",
+    progress: bool = True,
+) -> dict[tuple[str, str], float]:
+    """Effects of the edges between kept nodes (SFC's definition; see the module docstring).
+
+    Args:
+        model: The model (`circuits.models.load_model`).
+        dictionaries: ``{submodule: Dictionary}``; widths may differ between submodules.
+        task_or_batches: A `circuits.tasks.Task`, a list of `PromptPair`, or an iterable of
+            batches, as for `attribution.node_effects`.
+        nodes: The kept nodes: node names (``"resid_2/17"``, ``"mlp_0/ε"``; with ``"@<position>"``
+            for aggregation ``"none"``; ``"y"`` is ignored), as a collection or as the keys of
+            ``{name: effect}`` such as ``effects.nodes(threshold=0.1)``; or
+            ``{submodule: indices}`` where an index is a feature index, ``"ε"``, ``"17@5"``-style
+            text or an ``(index, position)`` pair.
+        effects: The node effects the nodes were chosen from. When given, ``aggregation``,
+            ``gradient`` (``"ig"`` / ``"ig-joint"`` after IG node effects, else ``"atp"``: exact
+            patching has no gradient), ``steps``, ``submodules`` and ``metric`` default to what it
+            records, so the edges match those nodes.
+        metric: A shipped metric name or a callable ``(logits_last [batch, vocab], info) ->
+            [batch]``; None: ``effects.metric`` (which must then be a shipped one), else
+            ``"logit_diff"`` with patch prompts and ``"answer_logprob"`` without.
+        aggregation: ``"sum"`` (default): each edge summed over upstream and downstream positions,
+            averaged over examples. ``"none"``: positions kept, ``u@q -> d@p`` for ``q <= p``,
+            averaged over examples (all prompts must have the same token length).
+        gradient: The left vector ``dm/dd``: ``"atp"`` (default; the gradient at the clean input),
+            ``"ig"`` or ``"ig-joint"`` (the IG mean gradient of the downstream submodule, with
+            ``steps`` steps).
+        steps: IG steps (default 10).
+        submodules: The attributed submodules: each is split into features and error and held
+            fixed between the ends of the edges around it. None: ``effects.submodules``, else
+            every submodule with a dictionary.
+        batch_size: Examples per batch.
+        chunk_size: Vectors per batched Jacobian product (memory grows linearly with it; see the
+            module docstring); None puts all of a submodule's kept nodes in one product.
+        direction: ``"vjp"`` (one product per kept downstream node), ``"jvp"`` (one per kept
+            upstream node) or ``"auto"`` (the fewer of the two, per downstream submodule).
+        progress: Show a progress bar over batches.
+
+    Returns:
+        ``{(upstream name, downstream name): weight}`` averaged over examples, for every wired
+        pair of kept nodes whose weight is not exactly zero (pairs the model does not connect,
+        e.g. different positions outside attention, weigh exactly zero), plus
+        ``(node, "y")`` for the kept nodes of the last attributed submodule: their node effects
+        (with the left vector in use). Were the last attributed submodule not a residual, the
+        other submodules wired to ``y`` get their direct effect there (clean-input gradient with
+        the later attributed submodules held fixed, times the delta). The names are those of
+        `circuits.graph`; `circuits.graph.Circuit.from_effects` takes the mapping as it is.
+
+    Raises:
+        ValueError: an unknown aggregation, gradient or direction; a malformed node name, a
+            submodule the model lacks, a node in a submodule that is not attributed (no
+            dictionary), an index beyond the dictionary's width, a position missing or present
+            against the aggregation or beyond the prompts; a bad ``chunk_size``; options that
+            contradict ``effects``.
+        circuits.tasks.TaskError: unusable prompt pairs.
+    """
+    # Options, with defaults from the node effects.
+    if effects is not None:
+        aggregation = _agree(aggregation, effects.aggregation, "aggregation")
+        if effects.method not in _GRADIENT_OF_METHOD:
+            raise ValueError(f"unknown node-effect method {effects.method!r}")
+        gradient = gradient if gradient is not None else _GRADIENT_OF_METHOD[effects.method]
+        steps = steps if steps is not None else effects.steps
+        if submodules is None:
+            submodules = effects.submodules
+    aggregation = aggregation if aggregation is not None else "sum"
+    gradient = gradient if gradient is not None else "atp"
+    steps = steps if steps is not None else 10
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(
+            f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}"
+        )
+    if gradient not in GRADIENTS:
+        raise ValueError(f"unknown gradient {gradient!r}; choose one of {', '.join(GRADIENTS)}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if chunk_size is not None and (
+        not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    names = check_submodules(model, dictionaries, submodules)
+    positions = aggregation == "none"
+    kept = _kept_nodes(_names_of(nodes), names, dictionaries, model, positions)
+    wires = wiring(model, names)
+    with torch.no_grad():
+        rows = {
+            name: _decoder_rows(dictionaries[name], kept[name].columns, model.device, model.dtype)
+            for name in names
+        }
+        encoders = {name: _kept_encoder(dictionaries[name], kept[name].columns) for name in names}
+
+    # Batches and metric.
+    batches = pair_batches(model, task_or_batches, batch_size=batch_size)
+    has_patch = batches[0].patch is not None
+    if metric is None and effects is not None:
+        if effects.metric not in METRICS:
+            raise ValueError(
+                f"the node effects were computed with metric {effects.metric!r}, which is not a "
+                "shipped one; pass the same callable as metric="
+            )
+        metric = effects.metric
+    checked = get_metric(
+        metric if metric is not None else ("logit_diff" if has_patch else "answer_logprob")
+    )
+    if positions:
+        _check_equal_lengths(batches)
+        length = batches[0].clean.input_ids.shape[1]
+        for record in kept.values():
+            for name, position in zip(record.names, _positions_of(record), strict=True):
+                if position >= length:
+                    raise ValueError(
+                        f"node {name!r}: the prompts have {length} tokens "
+                        f"(positions 0..{length - 1})"
+                    )
+
+    # Per batch, summed over examples.
+    sums: dict[tuple[str, str], Tensor] = {}  # {(up, down): [n_down, n_up]}
+    into_y: dict[str, Tensor] = {}  # {up: [n_up]}
+    count, no_double_backward = 0, set()
+    for batch in tqdm(batches, desc="edge effects", disable=not progress):
+        found = _batch_edges(
+            model,
+            dictionaries,
+            batch,
+            metric=checked,
+            names=names,
+            wires=wires,
+            kept=kept,
+            gradient=gradient,
+            steps=steps,
+            chunk_size=chunk_size,
+            direction=direction,
+            rows=rows,
+            encoders=encoders,
+            no_double_backward=no_double_backward,
+        )
+        for key, block in found.edges.items():
+            sums[key] = sums[key] + block if key in sums else block
+        for key, block in found.output.items():
+            into_y[key] = into_y[key] + block if key in into_y else block
+        count += len(batch)
+
+    # Names out.
+    out: dict[tuple[str, str], float] = {}
+    for (up, down), block in sums.items():
+        mean = (block / count).cpu()  # [n_down, n_up]
+        keep = mean != 0
+        if positions:
+            down_pos = torch.tensor(_positions_of(kept[down]), dtype=torch.long)
+            up_pos = torch.tensor(_positions_of(kept[up]), dtype=torch.long)
+            keep &= up_pos[None, :] <= down_pos[:, None]
+        down_rows, up_rows = keep.nonzero(as_tuple=True)
+        pairs = zip(down_rows.tolist(), up_rows.tolist(), mean[keep].tolist(), strict=True)
+        for i, j, weight in pairs:
+            out[(kept[up].names[j], kept[down].names[i])] = weight
+    for up, block in into_y.items():
+        for name, weight in zip(kept[up].names, (block / count).tolist(), strict=True):
+            out[(name, OUTPUT)] = weight
+    return out
+
+
+def _agree(given, recorded, what: str):
+    if given is not None and given != recorded:
+        raise ValueError(
+            f"{what}={given!r} contradicts the node effects given, computed with {what}="
+            f"{recorded!r}"
+        )
+    return recorded
+
+
+def _positions_of(kept: _Kept) -> list[int]:
+    """Each kept row's position (``"none"`` aggregation), in row order."""
+    return [*kept.feature_position.tolist(), *kept.error_position.tolist()]
