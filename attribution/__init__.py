@@ -1,7 +1,8 @@
-"""Node and edge attribution methods (AtP, integrated gradients, exact patching)."""
+"""Node and edge attribution methods (AtP, integrated gradients, exact patching) and `discover`."""
 
 from attribution.atp import atp_effects
 from attribution.batches import PairBatch, pair_batches
+from attribution.discover import discover, select_nodes
 from attribution.edges import edge_effects, wiring
 from attribution.effects import ERROR, BatchEffects, NodeEffects, SubmoduleEffects, node_name
 from attribution.exact import ExactRunsError, exact_effects, exact_run_count
@@ -20,6 +21,7 @@ __all__ = [
     "Values",
     "atp_effects",
     "check_submodules",
+    "discover",
     "edge_effects",
     "exact_effects",
     "exact_run_count",
@@ -30,5 +32,6 @@ __all__ = [
     "node_name",
     "pair_batches",
     "run_spliced",
+    "select_nodes",
     "wiring",
 ]

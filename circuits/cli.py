@@ -57,6 +57,65 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+_METRICS = {"logit-diff": "logit_diff", "logprob": "answer_logprob", "kl": "kl_to_clean"}
+# Ends a help text whose option has no default worth showing: it prints nothing, and stops
+# ArgumentDefaultsHelpFormatter from appending "(default: None)".
+_NO_DEFAULT = "%(default).0s"
+
+
+def _discover(args: argparse.Namespace) -> int:
+    import time
+
+    from attribution import discover
+    from circuits.dictionaries import load_dictionaries
+    from circuits.graph import format_summary
+    from circuits.models import load_model
+    from circuits.tasks import load_task
+
+    start = time.perf_counter()
+    task = load_task(args.task, args.split, n=args.n)
+    model = load_model(args.model, device=args.device)
+    dictionaries = load_dictionaries(model, args.dictionaries)
+    circuit = discover(
+        model,
+        dictionaries,
+        task,
+        method=args.method,
+        metric=_METRICS[args.metric] if args.metric else None,
+        node_threshold=args.node_threshold,
+        edge_threshold=args.edge_threshold,
+        top_k=args.top_k,
+        aggregation=args.aggregation,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        edges=not args.no_edges,
+        progress=not args.no_progress,
+        provenance={"model": str(args.model), "dictionaries": str(args.dictionaries)},
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = circuit.save(out / "circuit.json")
+    seconds = time.perf_counter() - start
+    summary = circuit.summary()
+    if args.json:
+        print(
+            json.dumps({**summary, "wall_time_s": round(seconds, 3), "file": str(path)}, indent=2)
+        )
+        return 0
+    print(format_summary(summary))
+    if summary["empty"]:
+        kept = circuit.provenance.get("nodes_kept", 0)
+        print(
+            f"{kept} nodes passed the node selection but none has a path to y above the edge "
+            "threshold; lower --edge-threshold"
+            if kept
+            else "no node passed the node selection; lower --node-threshold or use --top-k"
+        )
+    print(f"wall time: {seconds:.1f} s")
+    print(f"saved: {path}")
+    return 0
+
+
 def _zoo_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -108,6 +167,84 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--device", default="cpu")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(run=_info)
+
+    disc = commands.add_parser(
+        "discover",
+        help="find a circuit: node effects, kept nodes, edges, pruned to the metric node y",
+        description="Find a circuit for a task and save it as DIR/circuit.json. Progress bars "
+        "go to stderr; stdout gets the summary (or, with --json, only the summary as JSON).",
+        formatter_class=fmt,
+    )
+    disc.add_argument(
+        "--task",
+        required=True,
+        help="a zoo task name (e.g. sva-rc) or a JSONL file of prompt pairs" + _NO_DEFAULT,
+    )
+    disc.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "test", "generalisation"],
+        help="split of a zoo task (ignored for a file)",
+    )
+    disc.add_argument("--n", type=int, default=64, help="use the first N prompt pairs")
+    disc.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
+    disc.add_argument(
+        "--dictionaries",
+        default="zoo",
+        help="'zoo', 'neurons' (neuron circuit) or a directory in SFC's layout",
+    )
+    disc.add_argument(
+        "--method",
+        default="ig",
+        choices=["ig", "atp", "ig-joint", "exact"],
+        help="node effects: integrated gradients per submodule, attribution patching, "
+        "IG over all submodules at once, or exact patching (slow, one run per node)",
+    )
+    disc.add_argument(
+        "--metric",
+        choices=list(_METRICS),
+        help="logit[patch answer] - logit[clean answer], log p(clean answer) or KL to the "
+        "clean run (default: logit-diff when the task has patch prompts, else logprob)"
+        + _NO_DEFAULT,
+    )
+    disc.add_argument(
+        "--aggregation",
+        default="sum",
+        choices=["sum", "none"],
+        help="sum effects over positions, or keep positions (nodes like resid_2/17@5; prompts "
+        "must all have the same token length)",
+    )
+    disc.add_argument(
+        "--node-threshold",
+        type=float,
+        help="keep nodes with |effect| above this (default: 0.1 without --top-k, no threshold "
+        "with it; both given: the top K of those above it)" + _NO_DEFAULT,
+    )
+    disc.add_argument(
+        "--edge-threshold", type=float, default=0.01, help="keep edges with |weight| above this"
+    )
+    disc.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="keep the K nodes of largest |effect| (default: no limit)" + _NO_DEFAULT,
+    )
+    disc.add_argument("--batch-size", type=int, default=16, help="prompt pairs per batch")
+    disc.add_argument(
+        "--steps", type=int, default=10, help="interpolation steps of ig and ig-joint"
+    )
+    disc.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
+    disc.add_argument(
+        "--no-edges", action="store_true", help="node effects only: no edges, no pruning"
+    )
+    disc.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    disc.add_argument(
+        "--out", required=True, metavar="DIR", help="write DIR/circuit.json" + _NO_DEFAULT
+    )
+    disc.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (and nothing else)"
+    )
+    disc.set_defaults(run=_discover)
 
     zoo = commands.add_parser("zoo", help="the shipped small model world").add_subparsers(
         dest="zoo_command", metavar="ZOO_COMMAND", required=True

@@ -1,0 +1,264 @@
+"""`discover` and ``circuits discover``: kept nodes, pruning, provenance, files, errors.
+
+Truths used here: the circuit is rebuilt independently from `node_effects` and `edge_effects`
+(threshold, then the ancestors of ``y`` in a plain networkx graph), and top-k sets are read off
+the sorted node effects. Models are conftest's tiny random GPT-NeoX, with random ReLU SAEs of
+different widths or with neurons.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import networkx as nx
+import pytest
+import torch
+
+from attribution import discover, edge_effects, node_effects, select_nodes
+from circuits.cli import main
+from circuits.dictionaries import SAE, ReLU, load_dictionaries, save_dictionary, sfc_directory_name
+from circuits.graph import OUTPUT, Circuit
+from circuits.models import load_model
+from circuits.tasks import PromptPair, load_task
+
+PAIRS = [
+    PromptPair("the teachers near the desk", " are", "the teacher near the desk", " is"),
+    PromptPair("the doctors by the mat", " were", "the doctor by the mat", " was"),
+    PromptPair("the cat sat on the", " mat", "the dog sat on the", " desk"),
+    PromptPair("a teacher that sat", " is", "a doctor that sat", " are"),
+    PromptPair("the dog sat", " on", "the cat sat", " by"),
+]
+FAST = {"method": "ig", "steps": 3, "batch_size": 2, "progress": False}
+
+
+def random_saes(model, widths=(48, 40, 24), seed: int = 0) -> dict[str, SAE]:
+    """A random ReLU SAE per submodule, widths cycling through ``widths``."""
+    generator = torch.Generator().manual_seed(seed)
+    saes = {}
+    for i, sub in enumerate(model.submodules):
+        width = widths[i % len(widths)]
+        w_enc = torch.randn(sub.width, width, generator=generator) / math.sqrt(sub.width)
+        b_dec = 0.1 * torch.randn(sub.width, generator=generator)
+        saes[sub.name] = SAE(w_enc, torch.zeros(width), 0.5 * w_enc.T, b_dec, ReLU())
+    return saes
+
+
+def write_task(path, pairs=PAIRS):
+    with open(path, "w") as handle:
+        for pair in pairs:
+            record = {
+                "clean_prefix": pair.clean_prefix,
+                "patch_prefix": pair.patch_prefix,
+                "clean_answer": pair.clean_answer,
+                "patch_answer": pair.patch_answer,
+            }
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def neox(tiny_model_dir):
+    return load_model(tiny_model_dir("gpt_neox"))
+
+
+@pytest.fixture(scope="module", params=["saes", "neurons"])
+def dictionaries(request, neox):
+    if request.param == "neurons":
+        return load_dictionaries(neox, "neurons")
+    return random_saes(neox)
+
+
+def kth_largest(effects: dict[str, float], k: int) -> float:
+    """A threshold just below the ``k``-th largest |effect| (so ``k`` nodes pass it)."""
+    values = sorted((abs(v) for v in effects.values()), reverse=True)
+    return (values[k - 1] + values[k]) / 2
+
+
+def test_nodes_are_those_above_threshold_with_a_path_to_y(neox, dictionaries):
+    effects = node_effects(neox, dictionaries, PAIRS, **FAST)
+    all_nodes = effects.nodes()
+    node_t = kth_largest(all_nodes, 16)
+    above = {n: e for n, e in all_nodes.items() if abs(e) > node_t}
+    weights = edge_effects(neox, dictionaries, PAIRS, above, effects=effects, progress=False)
+    edge_t = sorted(abs(w) for w in weights.values())[len(weights) // 2]
+    graph = nx.DiGraph([pair for pair, w in weights.items() if abs(w) > edge_t])
+    reach = nx.ancestors(graph, OUTPUT) if OUTPUT in graph else set()
+
+    circuit = discover(
+        neox, dictionaries, PAIRS, node_threshold=node_t, edge_threshold=edge_t, **FAST
+    )
+
+    assert set(circuit.graph) - {OUTPUT} == reach
+    assert 0 < len(reach) < len(above)  # something kept, something pruned
+    for name in reach:
+        assert circuit.effect(name) == pytest.approx(above[name], abs=1e-6)
+    assert circuit.edge_weights() == pytest.approx(
+        {(u, v): w for (u, v), w in weights.items() if u in reach and abs(w) > edge_t}, abs=1e-6
+    )
+    assert circuit.provenance["nodes_kept"] == 16
+    neurons = all(type(d).__name__ == "Identity" for d in dictionaries.values())
+    kinds = {circuit.graph.nodes[n]["kind"] for n in reach}
+    assert kinds <= ({"neuron", "embed"} if neurons else {"feature", "error"})
+
+
+def test_top_k_keeps_k_nodes_before_pruning(neox, dictionaries):
+    effects = node_effects(neox, dictionaries, PAIRS, **FAST).nodes()
+    ranked = sorted(effects, key=lambda n: -abs(effects[n]))
+
+    unpruned = discover(neox, dictionaries, PAIRS, top_k=7, edges=False, **FAST)
+    assert set(unpruned.graph) - {OUTPUT} == set(ranked[:7])
+    assert unpruned.num_edges == 0
+    assert unpruned.provenance["thresholds"]["node"] is None
+
+    pruned = discover(neox, dictionaries, PAIRS, top_k=7, edge_threshold=0.0, **FAST)
+    assert pruned.provenance["nodes_kept"] == 7
+    assert set(pruned.graph) - {OUTPUT} <= set(ranked[:7])
+
+    # Threshold and top_k together: the top k among the nodes above the threshold.
+    both = discover(
+        neox, dictionaries, PAIRS, top_k=7, node_threshold=kth_largest(effects, 3), edges=False,
+        **FAST,
+    )  # fmt: skip
+    assert set(both.graph) - {OUTPUT} == set(ranked[:3])
+
+
+def test_select_nodes_orders_ties_and_skips_zero_effects():
+    effects = {"a/0": 0.5, "b/1": -0.5, "c/2": 0.0, "d/3": 0.2}
+    assert select_nodes(effects, threshold=None, top_k=1) == {"a/0": 0.5}
+    assert select_nodes(effects, threshold=0.3, top_k=None) == {"a/0": 0.5, "b/1": -0.5}
+    assert list(select_nodes(effects, threshold=None, top_k=10)) == ["a/0", "b/1", "d/3"]
+
+
+def test_provenance_and_json_round_trip(neox, tmp_path):
+    task = load_task(write_task(tmp_path / "agree.jsonl"), n=4)
+    circuit = discover(
+        neox, random_saes(neox), task, top_k=10, edge_threshold=0.0, **{**FAST, "method": "atp"}
+    )
+    p = circuit.provenance
+    assert p["model"] == str(neox.torch_model.name_or_path)
+    assert p["dictionaries"]["resid_1"] == "SAE(48)"
+    assert (p["task"], p["task_source"], p["split"], p["n_examples"]) == (
+        "agree",
+        str(tmp_path / "agree.jsonl"),
+        "file",
+        4,
+    )
+    assert (p["method"], p["metric"], p["aggregation"], p["steps"]) == (
+        "atp",
+        "logit_diff",
+        "sum",
+        None,
+    )
+    assert p["thresholds"] == {"node": None, "edge": 0.0} and p["top_k"] == 10
+    assert p["total_effect"] == pytest.approx(circuit.effect(OUTPUT))
+    assert p["circuits_version"] and p["created"]
+
+    loaded = Circuit.load(circuit.save(tmp_path / "circuit.json"))
+    assert loaded == circuit
+    assert loaded.num_nodes > 0 and loaded.num_edges > 0
+
+
+def test_positions_and_zero_ablation(neox):
+    same_length = [
+        PromptPair("the teachers near the desk", " are", "the teacher near the desk", " is"),
+        PromptPair("the doctors by the mat", " were", "the doctor by the mat", " was"),
+    ]
+    circuit = discover(
+        neox, random_saes(neox), same_length, aggregation="none", top_k=12, edge_threshold=0.0,
+        **FAST,
+    )  # fmt: skip
+    assert circuit.num_nodes > 0
+    assert all("@" in name for name in circuit.graph if name != OUTPUT)
+
+    ablation = [PromptPair(p.clean_prefix, p.clean_answer) for p in PAIRS[:3]]
+    zero = discover(neox, random_saes(neox), ablation, top_k=5, edges=False, **FAST)
+    assert zero.provenance["metric"] == "answer_logprob"
+    assert zero.provenance["total_effect"] is None and zero.effect(OUTPUT) == 0.0
+    assert zero.num_nodes == 5
+
+
+def test_empty_circuit_is_a_circuit(neox):
+    circuit = discover(neox, random_saes(neox), PAIRS, node_threshold=1e6, **FAST)
+    assert list(circuit.graph) == [OUTPUT]
+    summary = circuit.summary()
+    assert summary["empty"] and "no nodes" in summary["note"]
+    assert circuit.provenance["nodes_kept"] == 0
+
+
+def test_bad_options_say_what_is_wrong(neox):
+    saes = random_saes(neox)
+    with pytest.raises(ValueError, match="top_k"):
+        discover(neox, saes, PAIRS, top_k=0, **FAST)
+    with pytest.raises(ValueError, match="node_threshold"):
+        discover(neox, saes, PAIRS, node_threshold=-1.0, **FAST)
+    with pytest.raises(ValueError, match="unknown method"):
+        discover(neox, saes, PAIRS, method="magic", progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# The command
+
+
+@pytest.fixture(scope="module")
+def sae_dir(neox, tmp_path_factory):
+    """The random SAEs saved in SFC's directory layout."""
+    root = tmp_path_factory.mktemp("saes")
+    for sub in neox.submodules:
+        save_dictionary(random_saes(neox)[sub.name], root / sfc_directory_name(sub.kind, sub.layer))
+    return root
+
+
+def test_cli_discover_end_to_end(tiny_model_dir, sae_dir, tmp_path, capsys):
+    model = str(tiny_model_dir("gpt_neox"))
+    task = str(write_task(tmp_path / "agree.jsonl"))
+    out = tmp_path / "run"
+    common = ["discover", "--task", task, "--model", model, "--steps", "3", "--batch-size", "2"]
+    picks = ["--top-k", "12", "--edge-threshold", "0"]
+
+    assert main([*common, *picks, "--dictionaries", str(sae_dir), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    circuit = Circuit.load(out / "circuit.json")
+    assert text.startswith(f"circuit: {circuit.num_nodes} nodes, {circuit.num_edges} edges")
+    assert "top nodes by |effect|:" in text and "wall time:" in text
+    assert circuit.provenance["dictionaries"] == str(sae_dir)
+    assert circuit.provenance["model"] == model
+
+    # --json: stdout is the summary alone; progress bars go to stderr.
+    assert main([*common, *picks, "--dictionaries", "neurons", "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    circuit = Circuit.load(out / "circuit.json")
+    assert summary["nodes"] == circuit.num_nodes and summary["edges"] == circuit.num_edges
+    assert summary["provenance"]["dictionaries"] == "neurons"
+    assert summary["file"] == str(out / "circuit.json") and summary["wall_time_s"] > 0
+    assert "node effects" in captured.err  # tqdm
+
+    # Nothing above the threshold: an empty circuit, and a hint.
+    empty = ["--node-threshold", "1e6", "--no-progress", "--dictionaries", "neurons"]
+    assert main([*common, *empty, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "holds no nodes besides the output node y" in text and "--node-threshold" in text
+
+
+def test_cli_bad_inputs(tiny_model_dir, tmp_path, capsys):
+    model = str(tiny_model_dir("gpt_neox"))
+    out = ["--model", model, "--dictionaries", "neurons", "--out", str(tmp_path / "o")]
+
+    assert main(["discover", "--task", "no-such-task", *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("circuits: error: unknown task 'no-such-task'") and "Traceback" not in err
+
+    task = str(write_task(tmp_path / "t.jsonl"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["discover", "--task", task, "--method", "magic", *out])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'magic'" in capsys.readouterr().err
+
+    uneven = [PromptPair("the teachers near the desk", " are", "the teacher near", " is")]
+    bad = str(write_task(tmp_path / "uneven.jsonl", uneven))
+    assert main(["discover", "--task", bad, "--no-progress", *out]) == 2
+    err = capsys.readouterr().err  # after the model's own loading bar
+    assert "\ncircuits: error:" in err and "Traceback" not in err
+    assert "pair 1: clean prefix has 5 tokens, patch prefix 3" in err
+    assert not (tmp_path / "o" / "circuit.json").exists()
