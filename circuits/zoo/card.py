@@ -23,6 +23,7 @@ from circuits.zoo import language
 CARD_TASKS = ("sva-simple", "sva-within-rc", "sva-rc", "sva-nounpp", "sva-hard", "ioi")
 CARD_SPLITS = ("test", "generalisation")
 COMMAND = "circuits zoo build"
+ACCURACY_TARGET = 0.95
 
 
 def run_saving(model, batch) -> dict[str, torch.Tensor]:
@@ -169,6 +170,18 @@ def card_markdown(card: dict) -> str:
                 f"| {name} | {split} | {r['n_prompts']} | {r['accuracy']:.3f} | "
                 f"{r['mean_margin']:.2f} |"
             )
+    below = [
+        f"{name} {split} ({r['accuracy']:.3f})"
+        for name, splits in card["tasks"].items()
+        for split, r in splits.items()
+        if r["accuracy"] < ACCURACY_TARGET
+    ]
+    lines += [
+        "",
+        f"Below the {ACCURACY_TARGET:.0%} accuracy target: {', '.join(below) or 'none'}. "
+        "The generalisation split holds noun–verb combinations, nesting depths (sva) and a "
+        "template (ioi) never seen in training.",
+    ]
     lines += [
         "",
         "## SAEs (held-out text; ΔCE = loss with the SAE spliced in minus clean loss)",
