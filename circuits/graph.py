@@ -497,6 +497,12 @@ class Circuit:
             f"Circuit(nodes={self.num_nodes}, edges={self.num_edges}, submodules=[{subs}]{extra})"
         )
 
+    def _repr_svg_(self) -> str | None:
+        """Jupyter shows the circuit as a diagram (None, so the text repr, without graphviz)."""
+        from viz.diagram import repr_svg
+
+        return repr_svg(self)
+
     @property
     def num_nodes(self) -> int:
         """Number of nodes other than ``y``."""
