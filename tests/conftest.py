@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from circuits.tasks import PromptPair
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
@@ -140,3 +142,39 @@ def tiny_model_dir(tmp_path_factory):
         return built[family]
 
     return make
+
+
+#: Clean/patch pairs over the tiny vocabulary: equal token length within a pair, lengths differ
+#: across pairs.
+PAIRS = [
+    PromptPair("the teachers near the desk", " are", "the teacher near the desk", " is"),
+    PromptPair("the doctors by the mat", " were", "the doctor by the mat", " was"),
+    PromptPair("the cat sat on the", " mat", "the dog sat on the", " desk"),
+    PromptPair("a teacher that sat", " is", "a doctor that sat", " are"),
+    PromptPair("the dog sat", " on", "the cat sat", " by"),
+]
+#: Pairs whose prompts all have the same token length (for aggregation "none").
+SAME_LENGTH_PAIRS = [
+    PromptPair("the teachers near the desk", " are", "the teacher near the desk", " is"),
+    PromptPair("the doctors by the mat", " were", "the doctor by the mat", " was"),
+    PromptPair("a teacher that sat on", " the", "a doctor that sat on", " a"),
+]
+
+
+def random_saes(model, widths: tuple[int, ...] = (64,), seed: int = 0) -> dict:
+    """A random ReLU SAE per submodule (decoder = encoder transposed, scaled down), widths
+    cycling through ``widths``."""
+    import math
+
+    import torch
+
+    from circuits.dictionaries import SAE, ReLU
+
+    generator = torch.Generator().manual_seed(seed)
+    saes = {}
+    for i, sub in enumerate(model.submodules):
+        width = widths[i % len(widths)]
+        w_enc = torch.randn(sub.width, width, generator=generator) / math.sqrt(sub.width)
+        b_dec = 0.1 * torch.randn(sub.width, generator=generator)
+        saes[sub.name] = SAE(w_enc, torch.zeros(width), 0.5 * w_enc.T, b_dec, ReLU())
+    return saes

@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import build_tiny_model, make_tiny_tokenizer
+from conftest import PAIRS, SAME_LENGTH_PAIRS, build_tiny_model, make_tiny_tokenizer, random_saes
 
 from attribution import (
     ERROR,
@@ -36,33 +36,7 @@ from circuits.metrics import get_metric
 from circuits.models import load_model
 from circuits.tasks import PromptPair
 
-#: Clean/patch pairs of equal token length within a pair; lengths differ across pairs.
-PAIRS = [
-    PromptPair("the teachers near the desk", " are", "the teacher near the desk", " is"),
-    PromptPair("the doctors by the mat", " were", "the doctor by the mat", " was"),
-    PromptPair("the cat sat on the", " mat", "the dog sat on the", " desk"),
-    PromptPair("a teacher that sat", " is", "a doctor that sat", " are"),
-    PromptPair("the dog sat", " on", "the cat sat", " by"),
-]
-#: Pairs whose prompts all have the same token length (for aggregation "none").
-SAME_LENGTH = [
-    PromptPair("the teachers near the desk", " are", "the teacher near the desk", " is"),
-    PromptPair("the doctors by the mat", " were", "the doctor by the mat", " was"),
-    PromptPair("a teacher that sat on", " the", "a doctor that sat on", " a"),
-]
 WIDTHS = (48, 40, 24)
-
-
-def random_saes(model, widths=WIDTHS, seed: int = 0) -> dict:
-    """A random ReLU SAE per submodule, widths cycling through ``widths``."""
-    generator = torch.Generator().manual_seed(seed)
-    saes = {}
-    for i, sub in enumerate(model.submodules):
-        width = widths[i % len(widths)]
-        w_enc = torch.randn(sub.width, width, generator=generator) / math.sqrt(sub.width)
-        b_dec = 0.1 * torch.randn(sub.width, generator=generator)
-        saes[sub.name] = SAE(w_enc, torch.zeros(width), 0.5 * w_enc.T, b_dec, ReLU())
-    return saes
 
 
 def mixed_dictionaries(model, seed: int = 1) -> dict:
@@ -276,7 +250,7 @@ def test_wiring_is_sfc_table_and_what_the_graph_reaches(models, family):
     exactly the submodules SFC wires into d (parallel blocks have no attn_i -> mlp_i)."""
     model = models(family)
     assert model.parallel_attn == (family == "gpt_neox")
-    saes = random_saes(model)
+    saes = random_saes(model, WIDTHS)
     names = [sub.name for sub in model.submodules]
     wires = wiring(model, names)
     pairs = {(up, down) for down, ups in wires.items() if down != "y" for up in ups}
@@ -356,8 +330,8 @@ def test_matches_slow_reference(models, family, aggregation):
     products equal one backward per downstream node, in every direction and chunk size, and the
     edges out of (and into) error nodes are real."""
     model = models(family)
-    saes = random_saes(model)
-    pairs = PAIRS if aggregation == "sum" else SAME_LENGTH
+    saes = random_saes(model, WIDTHS)
+    pairs = PAIRS if aggregation == "sum" else SAME_LENGTH_PAIRS
     kept = top_nodes(model, saes, pairs, aggregation)
     slow = slow_edges(model, saes, pairs, kept, batch_size=2)
     assert max(abs(v) for v in slow.values()) > 1e-3
@@ -430,7 +404,7 @@ def test_ig_left_vector(models):
     """gradient="ig" uses the downstream submodule's IG mean gradient (as the reference does) with
     the clean-input Jacobian; one step is AtP; y gets the IG node effects."""
     model = models("gpt_neox")
-    saes = random_saes(model)
+    saes = random_saes(model, WIDTHS)
     kept = top_nodes(model, saes, PAIRS, "sum", per_submodule=3)
     steps = 3
     fast = edge_effects(model, saes, PAIRS, kept, gradient="ig", steps=steps, progress=False)
@@ -468,9 +442,9 @@ def test_edges_out_of_a_node_add_up_to_its_effect(models, aggregation):
     split make sum_d IE(u -> d) = AtP effect of u exactly, for every resid_0 node u. Without
     patch prompts (zero-ablation) the same holds with delta = -clean."""
     model = models("gpt2")
-    saes = random_saes(model)
+    saes = random_saes(model, WIDTHS)
     subs = ["resid_0", "resid_1"]
-    pairs = SAME_LENGTH if aggregation == "none" else PAIRS
+    pairs = SAME_LENGTH_PAIRS if aggregation == "none" else PAIRS
     if aggregation == "zero-ablation":
         pairs, aggregation = [PromptPair(p.clean_prefix, p.clean_answer) for p in pairs], "sum"
     effects = node_effects(
@@ -504,8 +478,11 @@ def test_edges_into_a_linear_node_add_up_to_its_effect(aggregation):
     with torch.no_grad():  # random-init logits are tiny; scale them up
         torch_model.get_output_embeddings().weight.mul_(100.0)
     model = load_model(torch_model, tokenizer=make_tiny_tokenizer())
-    dictionaries = {"resid_0": random_saes(model)["resid_0"], "mlp_1": Identity(model.d_model)}
-    pairs = PAIRS if aggregation == "sum" else SAME_LENGTH
+    dictionaries = {
+        "resid_0": random_saes(model, WIDTHS)["resid_0"],
+        "mlp_1": Identity(model.d_model),
+    }
+    pairs = PAIRS if aggregation == "sum" else SAME_LENGTH_PAIRS
     effects = node_effects(
         model, dictionaries, pairs, method="atp", aggregation=aggregation, progress=False
     )
@@ -526,7 +503,7 @@ def test_output_edges_without_a_final_residual(models):
     """Attributing only mlp_0 and attn_1: both reach y; attn_1 (the last) gets its node effects,
     mlp_0 its direct effect, checked with plain hooks that freeze attn_1 at its clean value."""
     model = models("gpt2")
-    saes = random_saes(model)
+    saes = random_saes(model, WIDTHS)
     subs = ["mlp_0", "attn_1"]
     assert wiring(model, subs) == {"mlp_0": (), "attn_1": ("mlp_0",), "y": ("mlp_0", "attn_1")}
     effects = node_effects(model, saes, PAIRS, method="atp", submodules=subs, progress=False)
@@ -574,8 +551,8 @@ def test_output_edges_without_a_final_residual(models):
 def test_circuit_from_edges(models):
     """The result plugs into Circuit.from_effects as it is, with and without positions."""
     model = models("gpt_neox")
-    saes = random_saes(model)
-    for aggregation, pairs in (("sum", PAIRS), ("none", SAME_LENGTH)):
+    saes = random_saes(model, WIDTHS)
+    for aggregation, pairs in (("sum", PAIRS), ("none", SAME_LENGTH_PAIRS)):
         effects = node_effects(
             model, saes, pairs, method="atp", aggregation=aggregation, progress=False
         )
@@ -594,7 +571,7 @@ def test_circuit_from_edges(models):
 
 def test_bad_inputs(models):
     model = models("gpt_neox")
-    saes = random_saes(model)
+    saes = random_saes(model, WIDTHS)
 
     def run(nodes, pairs=PAIRS, dictionaries=saes, **options):
         return edge_effects(model, dictionaries, pairs, nodes, progress=False, **options)
@@ -615,9 +592,9 @@ def test_bad_inputs(models):
     with pytest.raises(ValueError, match="without '@<position>'"):
         run(["resid_0/1@2"])
     with pytest.raises(ValueError, match="with '@<position>'"):
-        run(["resid_0/1"], pairs=SAME_LENGTH, aggregation="none")
+        run(["resid_0/1"], pairs=SAME_LENGTH_PAIRS, aggregation="none")
     with pytest.raises(ValueError, match=r"6 tokens \(positions 0..5\)"):
-        run({"resid_0": [(1, 6)]}, pairs=SAME_LENGTH, aggregation="none")
+        run({"resid_0": [(1, 6)]}, pairs=SAME_LENGTH_PAIRS, aggregation="none")
     with pytest.raises(ValueError, match="same number of tokens"):
         run(["resid_0/1@2"], aggregation="none")
     with pytest.raises(TypeError, match="effects="):

@@ -9,44 +9,16 @@ batching. Models are the tiny random GPT-NeoX of conftest with random ReLU SAEs.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from conftest import build_tiny_model, make_tiny_tokenizer
+from conftest import PAIRS, SAME_LENGTH_PAIRS, build_tiny_model, make_tiny_tokenizer, random_saes
 
 from attribution import ERROR, ExactRunsError, gradients, node_effects, run_spliced
-from circuits.dictionaries import SAE, ReLU
 from circuits.metrics import BatchInfo, MetricError, get_metric
 from circuits.models import load_model
 from circuits.tasks import PromptPair, TaskError
 
-#: Clean/patch pairs of equal token length within a pair; lengths differ across pairs.
-PAIRS = [
-    PromptPair("the teachers near the desk", " are", "the teacher near the desk", " is"),
-    PromptPair("the doctors by the mat", " were", "the doctor by the mat", " was"),
-    PromptPair("the cat sat on the", " mat", "the dog sat on the", " desk"),
-    PromptPair("a teacher that sat", " is", "a doctor that sat", " are"),
-    PromptPair("the dog sat", " on", "the cat sat", " by"),
-]
-#: Pairs whose prompts all have the same token length (for aggregation "none").
-SAME_LENGTH = [
-    PromptPair("the teachers near the desk", " are", "the teacher near the desk", " is"),
-    PromptPair("the doctors by the mat", " were", "the doctor by the mat", " was"),
-    PromptPair("a teacher that sat on", " the", "a doctor that sat on", " a"),
-]
 METHODS = ("atp", "ig", "ig-joint", "exact")
-
-
-def random_saes(model, width: int = 64, seed: int = 0) -> dict[str, SAE]:
-    """A random ReLU SAE per submodule (decoder = encoder transposed, scaled down)."""
-    generator = torch.Generator().manual_seed(seed)
-    saes = {}
-    for sub in model.submodules:
-        w_enc = torch.randn(sub.width, width, generator=generator) / math.sqrt(sub.width)
-        b_dec = 0.1 * torch.randn(sub.width, generator=generator)
-        saes[sub.name] = SAE(w_enc, torch.zeros(width), 0.5 * w_enc.T, b_dec, ReLU())
-    return saes
 
 
 def flat(effects) -> torch.Tensor:
@@ -345,10 +317,10 @@ def test_zero_ablation_default_metric(neox, saes):
 @pytest.mark.parametrize("method", ["atp", "ig"])
 def test_aggregation_none_sums_to_sum(neox, saes, method):
     kept = node_effects(
-        neox, saes, SAME_LENGTH, method=method, aggregation="none", steps=3, progress=False
+        neox, saes, SAME_LENGTH_PAIRS, method=method, aggregation="none", steps=3, progress=False
     )
-    summed = node_effects(neox, saes, SAME_LENGTH, method=method, steps=3, progress=False)
-    positions = neox.tokenize([SAME_LENGTH[0].clean_prefix]).input_ids.shape[1]
+    summed = node_effects(neox, saes, SAME_LENGTH_PAIRS, method=method, steps=3, progress=False)
+    positions = neox.tokenize([SAME_LENGTH_PAIRS[0].clean_prefix]).input_ids.shape[1]
     for sub in kept:
         assert kept[sub].features.shape == (positions, saes[sub].width)
         assert kept[sub].error.shape == (positions,)

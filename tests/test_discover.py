@@ -9,39 +9,20 @@ different widths or with neurons.
 from __future__ import annotations
 
 import json
-import math
 
 import networkx as nx
 import pytest
-import torch
+from conftest import PAIRS, random_saes
 
 from attribution import discover, edge_effects, node_effects, select_nodes
 from circuits.cli import main
-from circuits.dictionaries import SAE, ReLU, load_dictionaries, save_dictionary, sfc_directory_name
+from circuits.dictionaries import load_dictionaries, save_dictionary, sfc_directory_name
 from circuits.graph import OUTPUT, Circuit
 from circuits.models import load_model
 from circuits.tasks import PromptPair, load_task
 
-PAIRS = [
-    PromptPair("the teachers near the desk", " are", "the teacher near the desk", " is"),
-    PromptPair("the doctors by the mat", " were", "the doctor by the mat", " was"),
-    PromptPair("the cat sat on the", " mat", "the dog sat on the", " desk"),
-    PromptPair("a teacher that sat", " is", "a doctor that sat", " are"),
-    PromptPair("the dog sat", " on", "the cat sat", " by"),
-]
+WIDTHS = (48, 40, 24)
 FAST = {"method": "ig", "steps": 3, "batch_size": 2, "progress": False}
-
-
-def random_saes(model, widths=(48, 40, 24), seed: int = 0) -> dict[str, SAE]:
-    """A random ReLU SAE per submodule, widths cycling through ``widths``."""
-    generator = torch.Generator().manual_seed(seed)
-    saes = {}
-    for i, sub in enumerate(model.submodules):
-        width = widths[i % len(widths)]
-        w_enc = torch.randn(sub.width, width, generator=generator) / math.sqrt(sub.width)
-        b_dec = 0.1 * torch.randn(sub.width, generator=generator)
-        saes[sub.name] = SAE(w_enc, torch.zeros(width), 0.5 * w_enc.T, b_dec, ReLU())
-    return saes
 
 
 def write_task(path, pairs=PAIRS):
@@ -66,7 +47,7 @@ def neox(tiny_model_dir):
 def dictionaries(request, neox):
     if request.param == "neurons":
         return load_dictionaries(neox, "neurons")
-    return random_saes(neox)
+    return random_saes(neox, WIDTHS)
 
 
 def kth_largest(effects: dict[str, float], k: int) -> float:
@@ -133,7 +114,12 @@ def test_select_nodes_orders_ties_and_skips_zero_effects():
 def test_provenance_and_json_round_trip(neox, tmp_path):
     task = load_task(write_task(tmp_path / "agree.jsonl"), n=4)
     circuit = discover(
-        neox, random_saes(neox), task, top_k=10, edge_threshold=0.0, **{**FAST, "method": "atp"}
+        neox,
+        random_saes(neox, WIDTHS),
+        task,
+        top_k=10,
+        edge_threshold=0.0,
+        **{**FAST, "method": "atp"},
     )
     p = circuit.provenance
     assert p["model"] == str(neox.torch_model.name_or_path)
@@ -164,22 +150,22 @@ def test_positions_and_zero_ablation(neox):
         PromptPair("the teachers near the desk", " are", "the teacher near the desk", " is"),
         PromptPair("the doctors by the mat", " were", "the doctor by the mat", " was"),
     ]
+    saes = random_saes(neox, WIDTHS)
     circuit = discover(
-        neox, random_saes(neox), same_length, aggregation="none", top_k=12, edge_threshold=0.0,
-        **FAST,
-    )  # fmt: skip
+        neox, saes, same_length, aggregation="none", top_k=12, edge_threshold=0.0, **FAST
+    )
     assert circuit.num_nodes > 0
     assert all("@" in name for name in circuit.graph if name != OUTPUT)
 
     ablation = [PromptPair(p.clean_prefix, p.clean_answer) for p in PAIRS[:3]]
-    zero = discover(neox, random_saes(neox), ablation, top_k=5, edges=False, **FAST)
+    zero = discover(neox, random_saes(neox, WIDTHS), ablation, top_k=5, edges=False, **FAST)
     assert zero.provenance["metric"] == "answer_logprob"
     assert zero.provenance["total_effect"] is None and zero.effect(OUTPUT) == 0.0
     assert zero.num_nodes == 5
 
 
 def test_empty_circuit_is_a_circuit(neox):
-    circuit = discover(neox, random_saes(neox), PAIRS, node_threshold=1e6, **FAST)
+    circuit = discover(neox, random_saes(neox, WIDTHS), PAIRS, node_threshold=1e6, **FAST)
     assert list(circuit.graph) == [OUTPUT]
     summary = circuit.summary()
     assert summary["empty"] and "no nodes" in summary["note"]
@@ -187,7 +173,7 @@ def test_empty_circuit_is_a_circuit(neox):
 
 
 def test_bad_options_say_what_is_wrong(neox):
-    saes = random_saes(neox)
+    saes = random_saes(neox, WIDTHS)
     with pytest.raises(ValueError, match="top_k"):
         discover(neox, saes, PAIRS, top_k=0, **FAST)
     with pytest.raises(ValueError, match="node_threshold"):
@@ -205,7 +191,9 @@ def sae_dir(neox, tmp_path_factory):
     """The random SAEs saved in SFC's directory layout."""
     root = tmp_path_factory.mktemp("saes")
     for sub in neox.submodules:
-        save_dictionary(random_saes(neox)[sub.name], root / sfc_directory_name(sub.kind, sub.layer))
+        save_dictionary(
+            random_saes(neox, WIDTHS)[sub.name], root / sfc_directory_name(sub.kind, sub.layer)
+        )
     return root
 
 
