@@ -178,3 +178,25 @@ def random_saes(model, widths: tuple[int, ...] = (64,), seed: int = 0) -> dict:
         b_dec = 0.1 * torch.randn(sub.width, generator=generator)
         saes[sub.name] = SAE(w_enc, torch.zeros(width), 0.5 * w_enc.T, b_dec, ReLU())
     return saes
+
+
+def small_circuit():
+    """A hand-built five-node circuit with edges of both signs and an error node."""
+    from circuits.graph import Circuit
+
+    effects = {
+        "embed/3": 0.2,
+        "attn_0/5": -0.4,
+        "mlp_0/ε": 0.3,
+        "resid_0/7": 1.0,
+        "resid_1/2": -0.8,
+    }
+    edges = {
+        ("embed/3", "attn_0/5"): 0.1,
+        ("attn_0/5", "resid_0/7"): -0.3,
+        ("mlp_0/ε", "resid_0/7"): 0.2,
+        ("resid_0/7", "resid_1/2"): 0.05,
+        ("resid_0/7", "y"): 1.0,
+        ("resid_1/2", "y"): -0.8,
+    }
+    return Circuit.from_effects(effects, edges, {"total_effect": 1.2, "model": "tiny"})

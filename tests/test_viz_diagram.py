@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 
 import networkx as nx
 import pytest
+from conftest import small_circuit
 
 from circuits.cli import main
 from circuits.graph import Circuit
@@ -32,25 +33,6 @@ from viz.export import to_graphml_graph, to_neuronpedia, write_graphml
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed")
 
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-def small_circuit() -> Circuit:
-    effects = {
-        "embed/3": 0.2,
-        "attn_0/5": -0.4,
-        "mlp_0/ε": 0.3,
-        "resid_0/7": 1.0,
-        "resid_1/2": -0.8,
-    }
-    edges = {
-        ("embed/3", "attn_0/5"): 0.1,
-        ("attn_0/5", "resid_0/7"): -0.3,
-        ("mlp_0/ε", "resid_0/7"): 0.2,
-        ("resid_0/7", "resid_1/2"): 0.05,
-        ("resid_0/7", "y"): 1.0,
-        ("resid_1/2", "y"): -0.8,
-    }
-    return Circuit.from_effects(effects, edges, {"total_effect": 1.2, "model": "tiny"})
 
 
 def positional_circuit() -> Circuit:

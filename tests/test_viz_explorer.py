@@ -18,6 +18,7 @@ import urllib.request
 import zlib
 
 import pytest
+from conftest import small_circuit
 
 from circuits.cli import main
 from circuits.graph import Circuit
@@ -31,25 +32,6 @@ DASHBOARD = {
     "promoted": [{"token": " are", "value": 1.5}],
     "suppressed": [{"token": " is", "value": -1.2}],
 }
-
-
-def small_circuit() -> Circuit:
-    effects = {
-        "embed/3": 0.2,
-        "attn_0/5": -0.4,
-        "mlp_0/ε": 0.3,
-        "resid_0/7": 1.0,
-        "resid_1/2": -0.8,
-    }
-    edges = {
-        ("embed/3", "attn_0/5"): 0.1,
-        ("attn_0/5", "resid_0/7"): -0.3,
-        ("mlp_0/ε", "resid_0/7"): 0.2,
-        ("resid_0/7", "resid_1/2"): 0.05,
-        ("resid_0/7", "y"): 1.0,
-        ("resid_1/2", "y"): -0.8,
-    }
-    return Circuit.from_effects(effects, edges, {"total_effect": 1.2})
 
 
 def positional_circuit() -> Circuit:
