@@ -116,6 +116,50 @@ def _discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from circuits.dictionaries import load_dictionaries
+    from circuits.evaluate import Evaluator
+    from circuits.graph import Circuit
+    from circuits.models import load_model
+    from circuits.tasks import load_task
+
+    circuit = Circuit.load(args.circuit)
+    task = load_task(args.task, args.split, n=args.n)
+    model = load_model(args.model, device=args.device)
+    dictionaries = load_dictionaries(model, args.dictionaries)
+    evaluator = Evaluator(
+        model,
+        dictionaries,
+        task,
+        metric=_METRICS[args.metric] if args.metric else None,
+        ablation=args.ablation,
+        first_layers_intact=args.first_layers_intact,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    result = evaluator.evaluate(circuit).to_dict()
+    if args.sizes:
+        result["curve"] = [vars(p) for p in evaluator.curve(circuit, sizes=args.sizes)]
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"faithfulness {result['faithfulness']:.3f}   completeness {result['completeness']:.3f}")
+    print(
+        f"m(C) {result['metric_circuit']:.4g}  m(M\\C) {result['metric_complement']:.4g}  "
+        f"m(∅) {result['metric_empty']:.4g}  m(M) {result['metric_full']:.4g}"
+    )
+    print(
+        f"{result['n_nodes']} of {result['n_total']} nodes; {result['ablation']} ablation, "
+        f"{result['n_examples']} examples"
+    )
+    for p in result.get("curve", []):
+        print(
+            f"  top {p['size']:>6}: faithfulness {p['faithfulness']:.3f}  "
+            f"completeness {p['completeness']:.3f}"
+        )
+    return 0
+
+
 def _render(args: argparse.Namespace) -> int:
     from circuits.graph import Circuit
     from viz.annotations import read_annotations
@@ -355,6 +399,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the summary as JSON (and nothing else)"
     )
     disc.set_defaults(run=_discover)
+
+    ev = commands.add_parser(
+        "evaluate",
+        help="faithfulness and completeness of a saved circuit (SFC ablation)",
+        description="Ablate every evaluated node outside the circuit and compare the mean metric "
+        "with the full model and with everything ablated.",
+        formatter_class=fmt,
+    )
+    ev.add_argument("circuit", help="a circuit file saved by `circuits discover`")
+    ev.add_argument("--task", required=True, help="a zoo task name or a JSONL file" + _NO_DEFAULT)
+    ev.add_argument("--split", default="test", choices=["train", "test", "generalisation"])
+    ev.add_argument("--n", type=int, default=64, help="use the first N prompt pairs")
+    ev.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
+    ev.add_argument("--dictionaries", default="zoo", help="'zoo', 'neurons' or a directory")
+    ev.add_argument("--metric", choices=list(_METRICS), help="as for discover" + _NO_DEFAULT)
+    ev.add_argument(
+        "--ablation",
+        default="position-mean",
+        choices=["position-mean", "mean", "zero", "resample"],
+        help="what ablated nodes are set to (position-mean over the patch prompts is SFC's "
+        "mean ablation)",
+    )
+    ev.add_argument(
+        "--first-layers-intact",
+        type=int,
+        default=0,
+        metavar="K",
+        help="leave embed and layers 0..K-1 unablated (SFC's paper: n_layers // 3)",
+    )
+    ev.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="also score the top-K nodes of the circuit by |effect|" + _NO_DEFAULT,
+    )
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--seed", type=int, default=0, help="seed of resample ablation")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.set_defaults(run=_evaluate)
 
     rend = commands.add_parser(
         "render",

@@ -250,3 +250,28 @@ def test_cli_bad_inputs(tiny_model_dir, tmp_path, capsys):
     assert "\ncircuits: error:" in err and "Traceback" not in err
     assert "pair 1: clean prefix has 5 tokens, patch prefix 3" in err
     assert not (tmp_path / "o" / "circuit.json").exists()
+
+
+def test_cli_evaluate_matches_the_library(tiny_model_dir, tmp_path, capsys):
+    from circuits.evaluate import Evaluator
+
+    model_dir = str(tiny_model_dir("gpt_neox"))
+    task = str(write_task(tmp_path / "agree.jsonl"))
+    out = tmp_path / "run"
+    run = ["--task", task, "--model", model_dir, "--dictionaries", "neurons", "--batch-size", "2"]
+    assert (
+        main(["discover", *run, "--top-k", "12", "--edge-threshold", "0", "--out", str(out)]) == 0
+    )
+    capsys.readouterr()
+    circuit_file = str(out / "circuit.json")
+    assert main(["evaluate", circuit_file, *run, "--sizes", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    model = load_model(model_dir)
+    evaluator = Evaluator(model, load_dictionaries(model, "neurons"), load_task(task), batch_size=2)
+    direct = evaluator.evaluate(Circuit.load(circuit_file))
+    assert result["faithfulness"] == pytest.approx(direct.faithfulness, abs=1e-6)
+    assert result["completeness"] == pytest.approx(direct.completeness, abs=1e-6)
+    assert [p["size"] for p in result["curve"]] == [3]
+    assert main(["evaluate", circuit_file, *run]) == 0
+    assert capsys.readouterr().out.startswith(f"faithfulness {direct.faithfulness:.3f}")
