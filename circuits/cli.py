@@ -138,8 +138,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     result = evaluator.evaluate(circuit).to_dict()
+    if args.plot and not args.sizes:
+        raise ValueError("--plot draws the curve over --sizes; give --sizes K [K ...] too")
     if args.sizes:
-        result["curve"] = [vars(p) for p in evaluator.curve(circuit, sizes=args.sizes)]
+        points = evaluator.curve(circuit, sizes=args.sizes)
+        result["curve"] = [vars(p) for p in points]
+        if args.plot:
+            from viz.plots import plot_curves
+
+            label = circuit.provenance.get("method", "circuit")
+            result["plot"] = str(plot_curves({label: points}, args.plot, title=args.circuit))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -157,6 +165,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"  top {p['size']:>6}: faithfulness {p['faithfulness']:.3f}  "
             f"completeness {p['completeness']:.3f}"
         )
+    if "plot" in result:
+        print(f"wrote {result['plot']}")
     return 0
 
 
@@ -434,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="K",
         help="also score the top-K nodes of the circuit by |effect|" + _NO_DEFAULT,
+    )
+    ev.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="draw the --sizes curve to FILE (.png/.svg/.pdf)" + _NO_DEFAULT,
     )
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--seed", type=int, default=0, help="seed of resample ablation")

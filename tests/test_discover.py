@@ -264,14 +264,19 @@ def test_cli_evaluate_matches_the_library(tiny_model_dir, tmp_path, capsys):
     )
     capsys.readouterr()
     circuit_file = str(out / "circuit.json")
-    assert main(["evaluate", circuit_file, *run, "--sizes", "3", "--json"]) == 0
+    plot = tmp_path / "curve.png"
+    assert (
+        main(["evaluate", circuit_file, *run, "--sizes", "3", "6", "--plot", str(plot), "--json"])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
+    assert result["plot"] == str(plot) and plot.read_bytes().startswith(b"\x89PNG")
 
     model = load_model(model_dir)
     evaluator = Evaluator(model, load_dictionaries(model, "neurons"), load_task(task), batch_size=2)
     direct = evaluator.evaluate(Circuit.load(circuit_file))
     assert result["faithfulness"] == pytest.approx(direct.faithfulness, abs=1e-6)
     assert result["completeness"] == pytest.approx(direct.completeness, abs=1e-6)
-    assert [p["size"] for p in result["curve"]] == [3]
+    assert [p["size"] for p in result["curve"]] == [3, 6]
     assert main(["evaluate", circuit_file, *run]) == 0
     assert capsys.readouterr().out.startswith(f"faithfulness {direct.faithfulness:.3f}")

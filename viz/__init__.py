@@ -1,4 +1,4 @@
-"""Circuit diagrams, dashboards and the explorer page."""
+"""Circuit diagrams, exports, dashboards, curve plots and the explorer page."""
 
 import importlib
 
@@ -26,8 +26,12 @@ __all__ = [
     "write_neuronpedia",
 ]
 
-# Dashboards need torch and the model; load them only when asked for.
-_LAZY = {"dashboards": "viz.dashboard", "auto_labels": "viz.dashboard"}
+# Dashboards need torch and the model, plots need matplotlib; load them only when asked for.
+_LAZY = {
+    "dashboards": "viz.dashboard",
+    "auto_labels": "viz.dashboard",
+    "plot_curves": "viz.plots",
+}
 __all__ += list(_LAZY)
 
 
