@@ -170,6 +170,39 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablate(args: argparse.Namespace) -> int:
+    from circuits.ablation import ablation_values
+    from circuits.dictionaries import load_dictionaries
+    from circuits.edit import Ablate, next_token_change, read_nodes
+    from circuits.graph import parse_node_name
+    from circuits.models import load_model
+
+    nodes = read_nodes(args.nodes)
+    model = load_model(args.model, device=args.device)
+    dictionaries = load_dictionaries(model, args.dictionaries)
+    values = None
+    if args.how == "mean":
+        subs = sorted({parse_node_name(n).submodule for n in nodes})
+        reference = model.tokenize([args.prompt])
+        values = ablation_values(model, dictionaries, reference, "mean", submodules=subs)
+    edit = Ablate(nodes, how=args.how, values=values)
+    result = next_token_change(model, dictionaries, args.prompt, [edit], top=args.top)
+    result = {"nodes": len(nodes), "how": args.how, **result}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.prompt!r}: {len(nodes)} nodes {args.how}-ablated")
+    for title, rows in (("before", result["before"]), ("after", result["after"])):
+        print(f"{f'top tokens {title}:':<19}{'token':<16}{'before':>9}{'after':>9}{'change':>9}")
+        for r in rows:
+            print(
+                f"{'':<19}{r['token']!r:<16}{r['before']:>9.4f}{r['after']:>9.4f}"
+                f"{r['change']:>+9.4f}"
+            )
+    print(f"total variation distance: {result['total_variation']:.4f}")
+    return 0
+
+
 def _render(args: argparse.Namespace) -> int:
     from circuits.graph import Circuit
     from viz.annotations import read_annotations
@@ -455,6 +488,34 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(run=_evaluate)
+
+    abl = commands.add_parser(
+        "ablate",
+        help="next-token probabilities of a prompt with nodes ablated",
+        description="Ablate the named nodes (at every position, or at the position a name's "
+        "'@pos' gives) and print the top next-token probabilities before and after.",
+        formatter_class=fmt,
+    )
+    abl.add_argument(
+        "--nodes",
+        required=True,
+        metavar="FILE",
+        help="node names, one per line ('#' comments), or a circuit JSON (all its nodes)"
+        + _NO_DEFAULT,
+    )
+    abl.add_argument("--prompt", required=True, help="the prompt" + _NO_DEFAULT)
+    abl.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
+    abl.add_argument("--dictionaries", default="zoo", help="'zoo', 'neurons' or a directory")
+    abl.add_argument(
+        "--how",
+        default="zero",
+        choices=["zero", "mean"],
+        help="set nodes to 0, or to their mean over the prompt's tokens",
+    )
+    abl.add_argument("--top", type=int, default=10, help="tokens listed before and after")
+    abl.add_argument("--device", default="cpu")
+    abl.add_argument("--json", action="store_true", help="print the result as JSON")
+    abl.set_defaults(run=_ablate)
 
     rend = commands.add_parser(
         "render",
