@@ -412,6 +412,42 @@ def ablation_values(
 # The ablated run
 
 
+def mix(
+    dictionary: Dictionary,
+    x: Tensor,
+    gate_features: Tensor,
+    gate_error: Tensor,
+    features_ablated: Tensor,
+    error_ablated: Tensor,
+) -> Tensor:
+    """``x`` with every feature set to ``g·f + (1 - g)·f_abl`` and the error to
+    ``g_e·e + (1 - g_e)·e_abl``: the one formula behind ablation (0/1 gates) and learned masks
+    (gates in ``[0, 1]``, differentiable).
+
+    Written as ``x + (decode(f') - decode(f)) + (1 - g_e)·(e_abl - e)``, so a gate of 1 leaves its
+    node's contribution exactly as it was and a gate of 0 gives exactly the ablation value.
+
+    Args:
+        dictionary: The submodule's dictionary.
+        x: ``[batch, pos, d_model]`` the activation.
+        gate_features: ``[width]`` or ``[pos, width]`` (bool or float).
+        gate_error: ``[]`` or ``[pos]`` (bool or float).
+        features_ablated: ``[width]`` or ``[batch, pos, width]`` ablation values.
+        error_ablated: ``[d_model]`` or ``[batch, pos, d_model]`` ablation values.
+    """
+    f = dictionary.encode(x)  # [batch, pos, width]
+    x_hat = dictionary.decode(f)  # [batch, pos, d_model]
+    new = x
+    if gate_features.dtype != torch.bool or not bool(gate_features.all()):
+        g = gate_features.to(device=f.device, dtype=f.dtype)
+        f_new = g * f + (1 - g) * features_ablated.to(f.dtype)
+        new = new + (dictionary.decode(f_new) - x_hat)
+    if gate_error.dtype != torch.bool or not bool(gate_error.all()):
+        g_e = gate_error.to(device=x.device, dtype=x.dtype)[..., None]  # [1] or [pos, 1]
+        new = new + (1 - g_e) * (error_ablated.to(x.dtype) - (x - x_hat))
+    return new
+
+
 def run_ablated(
     model: Model,
     dictionaries: Mapping[str, Dictionary],
@@ -470,17 +506,6 @@ def run_ablated(
                 k = masks[name]
                 f_abl, e_abl = ablated[name]
                 x = model.read(name)  # [batch, pos, d_model]
-                f = dictionary.encode(x)  # [batch, pos, width]
-                x_hat = dictionary.decode(f)  # [batch, pos, d_model]
-                new = x
-                if not bool(k.features.all()):
-                    keep_f = k.features.to(f.device)  # [width] or [pos, width]
-                    f_new = torch.where(keep_f, f, f_abl.to(f.dtype))
-                    new = new + (dictionary.decode(f_new) - x_hat)
-                if not bool(k.error.all()):
-                    keep_e = k.error.to(x.device)[..., None]  # [1] or [pos, 1]
-                    e = x - x_hat  # [batch, pos, d_model]
-                    new = new + torch.where(keep_e, torch.zeros_like(e), e_abl.to(e.dtype) - e)
-                model.write(name, new)
+                model.write(name, mix(dictionary, x, k.features, k.error, f_abl, e_abl))
             logits = batch.at_last(model.read_logits()).save()  # [batch, vocab]
     return logits

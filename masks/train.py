@@ -1,0 +1,495 @@
+"""Learn a binary mask over nodes (features, neurons, error terms) that keeps the model's behaviour.
+
+Masked-out nodes take their ablation value exactly as in the ablation engine
+(`circuits.ablation.run_ablated`), but through a differentiable gate ``g ∈ [0, 1]``:
+``f' = g f + (1 - g) f_abl`` for features (``= f_abl + g (f - f_abl)``, written so that ``g = 1``
+gives ``f`` and ``g = 0`` gives ``f_abl`` bit for bit) and ``e' = e_abl + g (e - e_abl)`` for
+errors; the activation written back is ``x + (decode(f') - decode(f)) + (e' - e)``, the engine's
+formula. With 0/1 gates the run is the engine's run.
+
+Methods: subnetwork probing / Edge Pruning (hard-concrete gates, Louizos et al., ICLR 2018;
+Bhaskar et al., 2024, for the target warm-up and the binarisation at a target size) and masks over
+SAE latents (sigmoid gates with an annealed temperature, continuous sparsification, Savarese et
+al., 2020). See `masks.gates` for the gates themselves.
+
+Steps (`train_mask`):
+
+1. **Set up** (`circuits.evaluate.Evaluator`): tokenised prompt pairs, ablation values from the
+   patch prompts (the clean prompts for a task without them), the full model's last-position
+   logits on every batch (the targets), and the candidate nodes: every feature and error node of
+   the evaluated submodules, shared across positions or one per position. With
+   ``keep_errors=True`` error nodes are not candidates; they keep their own value.
+2. **Gates**: logits ``θ`` over the candidates, drawn uniformly in ``[2, 4]`` with ``seed`` (every
+   node starts kept; the spread keeps alike nodes from moving in lockstep).
+3. **Train** for ``steps`` Adam steps, cycling through the batches in order. Each step:
+   sigmoid gates set their temperature ``T`` (`masks.gates.SigmoidGates.anneal`: 1 until step
+   ``ramp``, then geometric up to 200 at the last step); gates are drawn
+   (``gates(training=True)``); the clean batch runs with them (one nnsight trace, `run_gated`);
+   the loss is ``task + size term`` with
+
+   - task: ``"logit-diff"``: mean over prompts of ``|LD_masked - LD_full|``,
+     ``LD = logit[patch answer] - logit[clean answer]``; ``"kl"``: mean over prompts of
+     ``KL(p_full || p_masked)`` at the last position;
+   - size term, penalty mode (``size=None``, ``ramp = 0``): ``penalty * s``, with
+     ``s = expected_size()`` (hard-concrete: expected L0; sigmoid: ``Σ g``);
+   - size term, target mode (``size=k``): ``penalty * ((s - t) / N)²`` (``N`` candidates)
+     towards a target ``t`` that falls linearly from ``N`` to ``k`` over the first
+     ``ramp = 0.3 * steps`` steps and then stays at ``k`` (Edge Pruning's target warm-up; a
+     fixed quadratic rather than learned Lagrange multipliers, whose integral term winds up
+     during the warm-up and overshoots).
+
+   Model and dictionary weights are frozen throughout (their ``requires_grad`` is restored after).
+   With ``checkpoint`` the state (θ, optimiser, noise generator, history) is saved every
+   ``checkpoint_every`` steps and at the end, and a run finding the file resumes from it.
+4. **Binarise**: ``θ > 0`` in penalty mode; the ``k`` largest ``θ`` in target mode (a threshold
+   chosen to match ``k``).
+5. **Score** the binarised mask: faithfulness ``(m(C) - m(∅)) / (m(M) - m(∅))`` with the same
+   ablation and `circuits.metrics` ``logit_diff`` (``"logit-diff"``) or ``kl_to_clean``
+   (``"kl"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from attribution.batches import TaskLike
+from attribution.splice import Values
+from circuits.ablation import mix
+from circuits.dictionaries import Dictionary
+from circuits.evaluate import Evaluator
+from circuits.graph import ERROR, node_name
+from circuits.metrics import BatchInfo, MetricError, kl_to_clean, logit_diff
+from circuits.models import Batch, Model
+from masks.gates import Gates, HardConcreteGates, SigmoidGates
+
+__all__ = ["PARAMETRISATIONS", "MaskResult", "run_gated", "train_mask"]
+
+Parametrisation = Literal["hard-concrete", "sigmoid"]
+Objective = Literal["logit-diff", "kl"]
+PARAMETRISATIONS: dict[str, type[Gates]] = {
+    "hard-concrete": HardConcreteGates,
+    "sigmoid": SigmoidGates,
+}
+"""Gate parametrisations by name."""
+_OBJECTIVES = ("logit-diff", "kl")
+_ABLATIONS = ("mean", "zero")
+_SCHEMA = 1
+_INIT = 3.0
+_RAMP = 0.3  # target mode: the target falls from N to k over this fraction of the steps
+
+
+@dataclass(frozen=True, eq=False)
+class MaskResult:
+    """A trained mask.
+
+    Attributes:
+        nodes: Kept node names (binarised mask; plus every error node when errors were kept).
+        expected_size: Final expected number of kept candidates (``expected_size()``).
+        faithfulness: ``(m(C) - m(∅)) / (m(M) - m(∅))`` of ``nodes``.
+        loss: Total loss at every step.
+        sizes: Expected size at every step.
+        logits: ``[n]`` final gate logits θ over the candidates.
+        n_candidates: Number of candidate nodes ``N``.
+        parametrisation: ``"hard-concrete"`` or ``"sigmoid"``.
+        objective: ``"logit-diff"`` or ``"kl"``.
+        ablation: ``"mean"`` or ``"zero"``.
+        submodules: The masked submodules.
+    """
+
+    nodes: tuple[str, ...]
+    expected_size: float
+    faithfulness: float
+    loss: tuple[float, ...]
+    sizes: tuple[float, ...]
+    logits: Tensor
+    n_candidates: int
+    parametrisation: str
+    objective: str
+    ablation: str
+    submodules: tuple[str, ...]
+
+
+class _Block(NamedTuple):
+    """Where one submodule's gates lie in the flat logits."""
+
+    submodule: str
+    start: int
+    features: tuple[int, ...]  # (width,) or (pos, width)
+    error: tuple[int, ...] | None  # () or (pos,); None when errors are kept
+
+
+def _layout(
+    dictionaries: Mapping[str, Dictionary],
+    submodules: Iterable[str],
+    n_pos: int | None,
+    keep_errors: bool,
+) -> list[_Block]:
+    blocks, start = [], 0
+    for name in submodules:
+        width = dictionaries[name].width
+        features = (width,) if n_pos is None else (n_pos, width)
+        error = None if keep_errors else (() if n_pos is None else (n_pos,))
+        blocks.append(_Block(name, start, features, error))
+        start += _numel(features) + (0 if error is None else _numel(error))
+    return blocks
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for size in shape:
+        n *= size
+    return n
+
+
+def _split_gates(flat: Tensor, blocks: list[_Block]) -> dict[str, tuple[Tensor, Tensor]]:
+    """``{submodule: (features [width] | [pos, width], error [] | [pos])}`` from ``flat [n]``."""
+    out = {}
+    for block in blocks:
+        n_f = _numel(block.features)
+        features = flat[block.start : block.start + n_f].reshape(block.features)
+        if block.error is None:
+            error = flat.new_ones(block.features[:-1])
+        else:
+            error = flat[block.start + n_f : block.start + n_f + _numel(block.error)]
+            error = error.reshape(block.error)
+        out[block.submodule] = (features, error)
+    return out
+
+
+def _names(kept: Tensor, blocks: list[_Block], n_pos: int | None) -> list[str]:
+    """Node names of the True entries of ``kept [n]``, plus every kept-error node."""
+    names = []
+    for block in blocks:
+        n_f = _numel(block.features)
+        features = kept[block.start : block.start + n_f].reshape(block.features)
+        for index in features.nonzero().tolist():
+            if n_pos is None:
+                names.append(node_name(block.submodule, index[0]))
+            else:
+                names.append(node_name(block.submodule, index[1], index[0]))
+        if block.error is None:
+            positions = [None] if n_pos is None else list(range(n_pos))
+            names += [node_name(block.submodule, ERROR, p) for p in positions]
+        else:
+            error = kept[block.start + n_f : block.start + n_f + _numel(block.error)]
+            if n_pos is None:
+                names += [node_name(block.submodule, ERROR)] if bool(error[0]) else []
+            else:
+                names += [
+                    node_name(block.submodule, ERROR, p) for p in error.nonzero().flatten().tolist()
+                ]
+    return names
+
+
+def run_gated(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    batch: Batch,
+    gates: Mapping[str, tuple[Tensor, Tensor]],
+    values: Mapping[str, Values],
+) -> Tensor:
+    """Run ``batch`` with every node of the gated submodules set to ``g·own + (1 - g)·ablated``.
+
+    Gradients follow the caller's grad mode and reach the gates.
+
+    Args:
+        model: The model.
+        dictionaries: ``{submodule: Dictionary}``.
+        batch: ``input_ids [batch, pos]``.
+        gates: ``{submodule: (features, error)}``, in ``[0, 1]``: ``[width]`` and ``[]`` for all
+            positions, or ``[pos, width]`` and ``[pos]`` per position (at least as many
+            positions as ``batch``; extra ones are cut).
+        values: ``{submodule: Values}`` ablation values, ``[width]`` / ``[d_model]`` (from
+            `circuits.ablation.AblationValues.for_batch`).
+
+    Returns:
+        ``[batch, vocab]`` logits at each prompt's last position.
+    """
+    n_pos = batch.input_ids.shape[1]
+    order = [sub.name for sub in model.submodules if sub.name in gates]
+    with model.trace(batch):
+        for name in order:
+            dictionary = dictionaries[name]
+            g_f, g_e = gates[name]
+            if g_e.ndim == 1:
+                g_f, g_e = g_f[:n_pos], g_e[:n_pos]  # [pos, width], [pos]
+            f_abl, e_abl = values[name]
+            x = model.read(name)  # [batch, pos, d_model]
+            model.write(name, mix(dictionary, x, g_f, g_e, f_abl, e_abl))
+        logits = batch.at_last(model.read_logits()).save()  # [batch, vocab]
+    return logits
+
+
+@contextmanager
+def _frozen(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Turn off ``requires_grad`` of every parameter of ``modules``; restore it after."""
+    params = [p for module in modules for p in module.parameters()]
+    before = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, before, strict=True):
+            p.requires_grad_(flag)
+
+
+def _task_loss(logits: Tensor, info: BatchInfo, objective: str) -> Tensor:
+    """``[]`` mean over prompts of ``|LD - LD_full|`` or of ``KL(p_full || p)``."""
+    if objective == "kl":
+        return kl_to_clean(logits, info).mean()
+    assert info.clean_logits is not None
+    return (logit_diff(logits, info) - logit_diff(info.clean_logits, info)).abs().mean()
+
+
+def _fingerprint(evaluator: Evaluator) -> str:
+    """A hash of the tokenised prompts and answers, so a checkpoint is not resumed on other data."""
+    digest = hashlib.sha256()
+    for batch in evaluator.batches:
+        parts = [batch.clean.input_ids, batch.info.clean_answer]
+        if batch.patch is not None and batch.info.patch_answer is not None:
+            parts += [batch.patch.input_ids, batch.info.patch_answer]
+        for part in parts:
+            digest.update(part.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, config: str) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("schema") != _SCHEMA:
+        raise ValueError(f"{path} is not a mask checkpoint of schema {_SCHEMA}")
+    if state["config"] != config:
+        raise ValueError(
+            f"{path} holds a mask run with other settings; delete it or pass another checkpoint "
+            f"path (saved: {state['config']}; now: {config})"
+        )
+    return state
+
+
+def train_mask(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    task: TaskLike,
+    *,
+    parametrisation: Parametrisation = "hard-concrete",
+    size: int | None = None,
+    penalty: float | None = None,
+    objective: Objective = "logit-diff",
+    ablation: Literal["mean", "zero"] = "mean",
+    keep_errors: bool = False,
+    positions: bool = False,
+    submodules: Iterable[str] | None = None,
+    steps: int = 200,
+    lr: float = 0.1,
+    batch_size: int = 16,
+    seed: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    progress: bool = True,
+) -> MaskResult:
+    """Learn which nodes to keep (see the module docstring for the steps and the loss).
+
+    Args:
+        model: The model (frozen while training).
+        dictionaries: ``{submodule: Dictionary}`` (frozen while training).
+        task: A `circuits.tasks.Task`, a list of `PromptPair`, or batches of them.
+        parametrisation: ``"hard-concrete"`` or ``"sigmoid"`` (`masks.gates`).
+        size: Target number of kept candidates ``k``; None: penalty mode.
+        penalty: Weight of the size term: ``λ`` of ``λ · expected size`` (penalty mode; None:
+            0.01) or ``μ`` of ``μ ((s - t) / N)²`` (target mode; None: 100).
+        objective: ``"logit-diff"`` (needs patch prompts) or ``"kl"``.
+        ablation: What masked-out nodes are set to: ``"mean"`` (over the patch prompts' real
+            tokens; clean prompts without patch prompts) or ``"zero"``.
+        keep_errors: Error nodes are not masked (they keep their own value and are listed among
+            the kept nodes).
+        positions: One gate per node and position (names ``resid_1/3@4``) instead of one shared
+            across positions.
+        submodules: Submodules to mask; None for every one with a dictionary.
+        steps: Optimiser steps (one batch each).
+        lr: Adam learning rate of θ.
+        batch_size: Prompts per batch.
+        seed: Seed of the gates' noise.
+        checkpoint: File to save the training state to and resume from; None: no checkpoint.
+        checkpoint_every: Save every this many steps (and at the end).
+        progress: Show a tqdm bar with the loss and the expected size.
+
+    Raises:
+        ValueError: an unknown parametrisation, objective or ablation; a size outside
+            ``1 .. N``; non-positive steps, lr or checkpoint_every; a negative penalty;
+            ``"logit-diff"`` on a task without patch prompts; a checkpoint from other settings;
+            and what `circuits.evaluate.Evaluator` refuses.
+    """
+    if parametrisation not in PARAMETRISATIONS:
+        raise ValueError(
+            f"unknown parametrisation {parametrisation!r}; choose one of "
+            f"{', '.join(PARAMETRISATIONS)}"
+        )
+    if objective not in _OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(_OBJECTIVES)}")
+    if ablation not in _ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(_ABLATIONS)}")
+    for value, what in ((steps, "steps"), (checkpoint_every, "checkpoint_every")):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if penalty is None:
+        penalty = 1e-2 if size is None else 100.0
+    if not penalty >= 0:
+        raise ValueError(f"penalty must be non-negative, got {penalty!r}")
+
+    # 1. Set up: batches, ablation values, full-model logits (in evaluator.infos), candidates.
+    try:
+        evaluator = Evaluator(
+            model,
+            dictionaries,
+            task,
+            metric="kl_to_clean" if objective == "kl" else "logit_diff",
+            ablation=ablation,
+            submodules=submodules,
+            batch_size=batch_size,
+            seed=seed,
+        )
+    except MetricError as error:
+        if objective == "logit-diff" and "patch" in str(error):
+            raise ValueError(
+                "objective 'logit-diff' needs patch prompts; this task has none, use objective='kl'"
+            ) from error
+        raise
+    n_pos = evaluator.n_pos if positions else None
+    blocks = _layout(dictionaries, evaluator.submodules, n_pos, keep_errors)
+    last = blocks[-1]
+    n = last.start + _numel(last.features) + (0 if last.error is None else _numel(last.error))
+    if size is not None and (
+        not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= n
+    ):
+        raise ValueError(f"size must be an integer in 1..{n} (the number of nodes), got {size!r}")
+    values = dict(evaluator.values.values)  # [width] / [d_model], the same for every batch
+
+    # 2. Gates.
+    gates = PARAMETRISATIONS[parametrisation](n, init=_INIT, seed=seed)
+    gates.to(model.device)
+    optimizer = torch.optim.Adam(gates.parameters(), lr=lr)
+    history: list[float] = []
+    sizes: list[float] = []
+    start = 0
+    config = json.dumps(
+        {
+            "parametrisation": parametrisation,
+            "size": size,
+            "penalty": penalty,
+            "objective": objective,
+            "ablation": ablation,
+            "keep_errors": keep_errors,
+            "positions": positions,
+            "submodules": list(evaluator.submodules),
+            "n": n,
+            "steps": steps,
+            "lr": lr,
+            "batch_size": batch_size,
+            "seed": seed,
+            "data": _fingerprint(evaluator),
+        },
+        sort_keys=True,
+    )
+    path = None if checkpoint is None else Path(checkpoint)
+    if path is not None and path.exists():
+        state = _load_checkpoint(path, config)
+        with torch.no_grad():
+            gates.logits.copy_(state["logits"])
+        optimizer.load_state_dict(state["optimizer"])
+        gates.generator.set_state(state["generator"])
+        history = [float(v) for v in state["loss"]]
+        sizes = [float(v) for v in state["sizes"]]
+        start = int(state["step"])
+
+    def save(step: int) -> None:
+        assert path is not None
+        state = {
+            "schema": _SCHEMA,
+            "config": config,
+            "step": step,
+            "logits": gates.logits.detach().cpu().clone(),
+            "optimizer": optimizer.state_dict(),
+            "generator": gates.generator.get_state(),
+            "loss": torch.tensor(history, dtype=torch.float64),
+            "sizes": torch.tensor(sizes, dtype=torch.float64),
+        }
+        _save_checkpoint(path, state)
+
+    # 3. Train.
+    ramp = 0 if size is None else int(_RAMP * steps)
+    modules = [model.torch_model, *dictionaries.values()]
+    bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"mask ({parametrisation})")
+    with _frozen(modules), torch.enable_grad(), bar:
+        for step in range(start, steps):
+            index = step % len(evaluator.batches)
+            batch, info = evaluator.batches[index], evaluator.infos[index]
+            if isinstance(gates, SigmoidGates):
+                gates.anneal(step, steps, start=ramp)
+            drawn = _split_gates(gates.gates(True), blocks)
+            logits = run_gated(model, dictionaries, batch.clean, drawn, values)
+            task_loss = _task_loss(logits, info, objective)
+            expected = gates.expected_size()
+            if size is None:
+                loss = task_loss + penalty * expected
+            else:
+                target = n + (size - n) * min(1.0, step / max(ramp, 1))
+                gap = (expected - target) / n
+                loss = task_loss + penalty * gap**2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            history.append(float(loss.detach()))
+            sizes.append(float(expected.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{history[-1]:.4g}", size=f"{sizes[-1]:.1f}")
+            if path is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+                save(step + 1)
+
+    # 4. Binarise.
+    theta = gates.logits.detach()
+    if size is None:
+        kept = gates.binary()
+    else:
+        kept = torch.zeros(n, dtype=torch.bool, device=theta.device)
+        kept[theta.topk(size).indices] = True
+    names = _names(kept.cpu(), blocks, n_pos)
+
+    # 5. Score.
+    with torch.no_grad():
+        if isinstance(gates, SigmoidGates):
+            gates.anneal(steps - 1, steps, start=ramp)
+        final_size = float(gates.expected_size())
+    faithfulness = evaluator.evaluate(names).faithfulness
+    return MaskResult(
+        nodes=tuple(names),
+        expected_size=final_size,
+        faithfulness=faithfulness,
+        loss=tuple(history),
+        sizes=tuple(sizes),
+        logits=theta.cpu().clone(),
+        n_candidates=n,
+        parametrisation=parametrisation,
+        objective=objective,
+        ablation=ablation,
+        submodules=tuple(evaluator.submodules),
+    )
