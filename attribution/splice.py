@@ -72,10 +72,14 @@ class Spliced:
             leaves when the run had ``grad=True``.
         logits: ``[batch, vocab]`` logits at each prompt's last position (attached to the graph
             when the run had ``grad=True``).
+        readout: ``[batch, pos, d_model]`` the activation written back at the ``readout``
+            submodule (attached likewise), for metrics read from inside the model (e.g. a probe
+            on a residual stream); None when no readout was asked for.
     """
 
     values: dict[str, Values]
     logits: Tensor
+    readout: Tensor | None = None
 
 
 def check_submodules(
@@ -143,6 +147,7 @@ def run_spliced(
     values: Mapping[str, Values] | None = None,
     grad: bool = False,
     pass_through: bool = False,
+    readout: str | None = None,
 ) -> Spliced:
     """One forward over ``batch`` with submodules split into features and errors.
 
@@ -156,9 +161,11 @@ def run_spliced(
         grad: Make every returned feature and error a gradient leaf and keep the graph, for
             `gradients`.
         pass_through: For set submodules under ``grad``: let the gradient reach upstream too.
+        readout: A spliced submodule whose written-back activation is returned too.
 
     Returns:
-        `Spliced`: the nodes of every spliced submodule and the last-position logits.
+        `Spliced`: the nodes of every spliced submodule, the last-position logits and the
+        readout.
     """
     values = dict(values or {})
     split = set(split)
@@ -166,7 +173,10 @@ def run_spliced(
     if both:
         raise ValueError(f"submodules {sorted(both)} are both split and set")
     order = [sub.name for sub in model.submodules if sub.name in split or sub.name in values]
+    if readout is not None and readout not in order:
+        raise ValueError(f"readout {readout!r} is not among the spliced submodules {order}")
     nodes: dict[str, Values] = {}
+    out = None
     with torch.set_grad_enabled(grad):
         with model.trace(batch):
             for name in order:
@@ -184,15 +194,19 @@ def run_spliced(
                 else:
                     f = dictionary.encode(x.detach())  # [batch, pos, width]
                     e = x.detach() - dictionary.decode(f)  # [batch, pos, d_model]
+                    new = x
                     if grad:
                         f = f.detach().requires_grad_(True)
                         e = e.detach().requires_grad_(True)
                         x_hat = dictionary.decode(f)
-                        model.write(name, x + (x_hat - x_hat.detach()) + (e - e.detach()))
+                        new = x + (x_hat - x_hat.detach()) + (e - e.detach())
+                        model.write(name, new)
                 nodes[name] = Values(f, e)
+                if name == readout:
+                    out = new.save()  # [batch, pos, d_model]
             logits = batch.at_last(model.read_logits()).save()  # [batch, vocab]
             nnsight.save(nodes)
-    return Spliced(values=nodes, logits=logits)
+    return Spliced(values=nodes, logits=logits, readout=out)
 
 
 def gradients(metric_values: Tensor, nodes: Mapping[str, Values]) -> dict[str, Values]:

@@ -313,6 +313,39 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shift(args: argparse.Namespace) -> int:
+    from circuits.dictionaries import load_dictionaries
+    from circuits.edit import read_nodes
+    from circuits.models import load_model
+    from circuits.shift import shift
+    from circuits.tasks import read_texts
+
+    nodes = read_nodes(args.nodes) if args.nodes else None
+    model = load_model(args.model, device=args.device)
+    dictionaries = load_dictionaries(model, args.dictionaries)
+    report = shift(
+        model,
+        dictionaries,
+        *(
+            read_texts("bios", split)
+            if args.texts == "bios"
+            else read_texts(Path(args.texts) / f"{split}.jsonl")
+            for split in ("ambiguous", "balanced")
+        ),
+        layer=args.layer,
+        nodes=nodes,
+        top=args.top,
+        threshold=args.threshold,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
+        return 0
+    print(f"ablated {len(report.selected)} features: {' '.join(report.selected)}")
+    print(report.table())
+    return 0
+
+
 def _zoo_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -630,6 +663,34 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("-o", "--out", help="write .html or .json" + _NO_DEFAULT)
     dash.add_argument("--json", action="store_true", help="print the dashboards as JSON")
     dash.set_defaults(run=_dashboard)
+
+    sh = commands.add_parser(
+        "shift",
+        help="SHIFT: ablate spurious features of a probe and measure it on balanced texts",
+        description="Train a profession probe on the ambiguous bios, attribute it to features, "
+        "zero-ablate the gender features (given, or chosen by the automatic rule) and print "
+        "the table of circuits.shift.",
+        formatter_class=fmt,
+    )
+    sh.add_argument(
+        "--layer", type=int, help="probe on resid_LAYER; default: the middle layer" + _NO_DEFAULT
+    )
+    sh.add_argument(
+        "--nodes", metavar="FILE", help="feature names to ablate, one per line" + _NO_DEFAULT
+    )
+    sh.add_argument("--top", type=int, default=50, help="candidates of the automatic rule")
+    sh.add_argument("--threshold", type=float, default=0.2, help="least |2 AUC - 1| for gender")
+    sh.add_argument(
+        "--texts",
+        default="bios",
+        help="'bios', or a directory holding ambiguous.jsonl and balanced.jsonl",
+    )
+    sh.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
+    sh.add_argument("--dictionaries", default="zoo", help="'zoo', 'neurons' or a directory")
+    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--device", default="cpu")
+    sh.add_argument("--json", action="store_true", help="print the report as JSON")
+    sh.set_defaults(run=_shift)
 
     zoo = commands.add_parser("zoo", help="the shipped small model world").add_subparsers(
         dest="zoo_command", metavar="ZOO_COMMAND", required=True

@@ -137,6 +137,28 @@ def test_splice_passes_the_forward_and_the_gradient_through(neox, saes):
     assert grads["embed"].error.abs().sum() > 0  # upstream nodes still receive gradient
 
 
+def test_splice_readout_is_the_activation_on_the_graph(neox, saes):
+    """The readout is the submodule's activation as the model saw it, and its gradient reaches
+    the nodes upstream of it exactly as a plain backward from that activation does."""
+    batch = neox.tokenize([p.clean_prefix for p in PAIRS])
+    run = run_spliced(neox, saes, batch, split=["embed", "resid_0"], grad=True, readout="resid_0")
+    seen = {}
+    handle = neox.module("resid_0").register_forward_hook(
+        lambda m, a, out: seen.setdefault("x", out if isinstance(out, torch.Tensor) else out[0])
+    )
+    try:
+        with torch.no_grad():
+            neox.forward(batch)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(run.readout, seen["x"], rtol=0, atol=0)
+    grads = gradients(run.readout[..., 0].sum(), run.values)
+    assert grads["resid_0"].error[..., 0].eq(1).all()  # d readout / d own error = identity
+    assert grads["embed"].error.abs().sum() > 0
+    with pytest.raises(ValueError, match="readout 'mlp_0' is not among the spliced"):
+        run_spliced(neox, saes, batch, split=["embed"], readout="mlp_0")
+
+
 def test_metrics_by_hand():
     logits = torch.tensor([[1.0, 2.0, 4.0], [0.0, 3.0, -1.0]])  # [batch, vocab]
     info = BatchInfo(

@@ -1,0 +1,662 @@
+"""SHIFT: remove a classifier's dependence on a spurious attribute by ablating features.
+
+Sparse Feature Circuits (Marks et al., ICLR 2025), Bias in Bios: a linear probe that reads a
+model's residual stream is trained where the label (profession) and a spurious attribute (gender)
+always agree, so it may rely on either. SHIFT finds the dictionary features the probe depends on,
+removes those that encode the spurious attribute, and checks on data where the two disagree.
+
+Steps, in the order the code follows:
+
+1. **Probe.** Logistic regression on ``resid_{layer}`` activations mean-pooled over each text's
+   real tokens, trained on a seeded train part of the *ambiguous* texts (label == attribute
+   pairing), full batch (L-BFGS, float64), loss = mean binary cross-entropy + ``l2 / 2 * |w|^2``
+   (bias not penalised). Class 1 is the label value that sorts last.
+2. **Circuit for the probe.** Node effects of every feature and error node at the submodules up to
+   and including ``resid_{layer}`` on the metric m = probe logit, with zero-ablation as the
+   counterfactual (delta = -clean), by attribution patching (AtP: one forward + one backward per
+   batch, gradients passed straight through the dictionaries as in `attribution.splice`), summed
+   over positions and averaged over texts (aggregation "sum").
+3. **Selection** of the spurious features: a file of node names, or the automatic rule: among the
+   ``top`` feature nodes by |effect| (error nodes are never selected; they are kept), select a
+   feature when its text-level activation (mean over real tokens) separates the attribute groups
+   by at least ``threshold`` and separates them better than it separates the label groups.
+   Separation is ``|2 * AUC - 1|`` (0: no information, 1: perfect ranking), measured on the
+   *selection half* of the balanced texts, where label and attribute are independent. AUC is
+   rank-based, so it ignores a feature's scale and does not need a decision threshold; requiring
+   attribute separation above label separation keeps features that carry the label itself
+   (a feature that fires for "nurse" and for "she" alike separates both, and is kept).
+4. **Ablate** the selected features (zero-ablation at every position, error terms kept, through
+   `circuits.edit.edited`) and evaluate the same probe; then retrain the probe on the ambiguous
+   train part with the ablation active.
+5. **Report** on the *evaluation half* of the balanced texts, per row: label accuracy, attribute
+   accuracy and worst-group accuracy. Attribute ("gender") accuracy follows the paper: the
+   accuracy of the label probe's predictions at predicting the attribute, each attribute value
+   mapped to the label value it always comes with in the ambiguous texts (e.g. male -> professor);
+   0.5 means the probe's output no longer tracks the attribute. Worst-group accuracy is the lowest
+   label accuracy over the (label, attribute) groups. Rows: Original; Random (as many random
+   features of the same submodules, seeded); SHIFT; SHIFT + retrain; Feature skyline (the same
+   number of features, from all features of those submodules, that best separate the attribute on
+   the balanced selection half, by the same ``|2 * AUC - 1|``); Neuron skyline (the same with
+   neurons); Oracle (a probe trained on the balanced selection half, nothing ablated).
+
+The balanced texts are split once (seeded) into the selection half (used by the automatic rule,
+the skylines and the oracle) and the evaluation half (used for every number in the table), so no
+reported number is measured on texts that chose the ablation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attribution.splice import Values, contract, gradients, run_spliced
+from circuits.dictionaries import Dictionary
+from circuits.dictionaries.base import Identity
+from circuits.edit import Ablate, edited
+from circuits.graph import ERROR, node_name, parse_node_name
+from circuits.models import Batch, Model, _first
+from circuits.tasks import LabelledText
+
+__all__ = [
+    "Candidate",
+    "Probe",
+    "ShiftReport",
+    "Row",
+    "auc",
+    "evaluate",
+    "pooled_activations",
+    "pooled_features",
+    "probe_effects",
+    "select_spurious",
+    "shift",
+    "split_texts",
+    "train_probe",
+    "worst_group_accuracy",
+]
+
+SCHEMA_VERSION = 1
+
+# ------------------------------------------------------------------------------------------------
+# Data
+
+
+def split_texts(
+    texts: Sequence[LabelledText], fraction: float, seed: int
+) -> tuple[list[LabelledText], list[LabelledText]]:
+    """A seeded shuffle of ``texts``, cut after ``round(fraction * n)`` texts."""
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    cut = round(fraction * len(texts))
+    return [texts[i] for i in order[:cut]], [texts[i] for i in order[cut:]]
+
+
+def _batches(model: Model, texts: Sequence[LabelledText], batch_size: int) -> Iterator[Batch]:
+    for start in range(0, len(texts), batch_size):
+        yield model.tokenize([t.text for t in texts[start : start + batch_size]])
+
+
+def _pool(acts: Tensor, mask: Tensor) -> Tensor:
+    """Mean over real tokens: ``[batch, pos, width]``, ``[batch, pos]`` -> ``[batch, width]``."""
+    mask = mask.to(acts.device, acts.dtype)[..., None]  # [batch, pos, 1]
+    return (acts * mask).sum(dim=1) / mask.sum(dim=1)
+
+
+def pooled_features(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    texts: Sequence[LabelledText],
+    submodules: Sequence[str],
+    *,
+    batch_size: int = 64,
+) -> dict[str, Tensor]:
+    """Each submodule's ``encode``\\ d activation mean-pooled over real tokens: ``[texts, width]``.
+
+    A plain forward with PyTorch forward hooks registered last, so edits active around the call
+    (`circuits.edit.edited`) are seen. An `Identity` dictionary gives the activation itself.
+    """
+    out: dict[str, list[Tensor]] = {name: [] for name in submodules}
+    mask_box: list[Tensor] = []
+
+    def hook_for(name: str):
+        def on_output(module: torch.nn.Module, args: Any, output: Any) -> None:
+            x = _first(output, name)  # [batch, pos, width]
+            out[name].append(_pool(dictionaries[name].encode(x), mask_box[0]).float().cpu())
+
+        def on_input(module: torch.nn.Module, args: Any) -> None:
+            on_output(module, args, args)
+
+        return on_input if model.site(name).io == "input" else on_output
+
+    handles = []
+    try:
+        for name in submodules:
+            hook = hook_for(name)
+            module = model.module(name)
+            if model.site(name).io == "input":
+                handles.append(module.register_forward_pre_hook(hook))
+            else:
+                handles.append(module.register_forward_hook(hook))
+        with torch.no_grad():
+            for batch in _batches(model, texts, batch_size):
+                mask_box[:] = [batch.attention_mask.to(model.device)]
+                model.forward(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def pooled_activations(
+    model: Model, texts: Sequence[LabelledText], layer: int, *, batch_size: int = 64
+) -> Tensor:
+    """``resid_{layer}`` mean-pooled over each text's real tokens: ``[texts, d_model]``."""
+    name = f"resid_{layer}"
+    width = model.submodule(name).width
+    return pooled_features(model, {name: Identity(width)}, texts, [name], batch_size=batch_size)[
+        name
+    ]
+
+
+def _binary(texts: Sequence[LabelledText], key: str, classes: tuple[str, str]) -> Tensor:
+    """``[texts]`` float labels: 1.0 where ``labels[key] == classes[1]``."""
+    for t in texts:
+        if key not in t.labels:
+            raise ValueError(f"a text has no {key!r} label: {t.text[:60]!r}")
+        if t.labels[key] not in classes:
+            raise ValueError(f"{key} label {t.labels[key]!r} is not one of {classes}")
+    return torch.tensor([float(t.labels[key] == classes[1]) for t in texts], dtype=torch.float64)
+
+
+def _classes(texts: Sequence[LabelledText], key: str) -> tuple[str, str]:
+    values = sorted({t.labels.get(key) for t in texts if key in t.labels})
+    if len(values) != 2:
+        raise ValueError(f"SHIFT needs exactly two {key!r} values, found {values}")
+    return values[0], values[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Probe
+
+
+@dataclass(frozen=True, eq=False)
+class Probe:
+    """A logistic-regression probe: ``logit = x @ weight + bias``.
+
+    Attributes:
+        weight: ``[d_model]``, float64.
+        bias: ``[]``, float64.
+    """
+
+    weight: Tensor
+    bias: Tensor
+
+    def logits(self, x: Tensor) -> Tensor:
+        """``[n, d_model]`` -> ``[n]`` logits (in ``x``'s dtype)."""
+        return x @ self.weight.to(x) + self.bias.to(x)
+
+    def predict(self, x: Tensor) -> Tensor:
+        """``[n]`` predicted classes, 0 or 1."""
+        return (self.logits(x) > 0).long()
+
+
+def train_probe(x: Tensor, y: Tensor, *, l2: float = 1e-3, max_iter: int = 500) -> Probe:
+    """Fit logistic regression by full-batch L-BFGS in float64.
+
+    Minimises ``mean(BCE(x @ w + b, y)) + l2 / 2 * |w|^2``, a strictly convex loss for
+    ``l2 > 0``, so the optimum is unique.
+
+    Args:
+        x: ``[n, d_model]`` inputs.
+        y: ``[n]`` labels, 0 or 1.
+        l2: Weight of the L2 penalty on ``w``.
+        max_iter: L-BFGS iterations.
+    """
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
+    x, y = x.detach().double().cpu(), y.detach().double().cpu()
+    if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"train_probe needs matching non-empty x {x.shape} and y {y.shape}")
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [w, b],
+        lr=1,
+        max_iter=max_iter,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y)
+        loss = loss + l2 / 2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return Probe(w.detach(), b.detach())
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Circuit for the probe (AtP, zero-ablation, aggregation sum)
+
+
+def probe_effects(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    texts: Sequence[LabelledText],
+    probe: Probe,
+    layer: int,
+    *,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """AtP node effects on the probe logit of zero-ablating each node, ``{node name: effect}``.
+
+    Every submodule up to and including ``resid_{layer}`` that has a dictionary is split into
+    features and an error; each node's effect is ``(0 - clean) * dm/dnode`` summed over positions
+    (aggregation "sum") and averaged over texts. Features that never fire on ``texts`` are left out.
+    """
+    readout = f"resid_{layer}"
+    order = [sub.name for sub in model.submodules]
+    submodules = [n for n in order[: order.index(readout) + 1] if n in dictionaries]
+    if readout not in dictionaries:
+        raise ValueError(f"the probe's submodule {readout} needs a dictionary")
+    totals: dict[str, Tensor] = {}
+    for batch in _batches(model, texts, batch_size):
+        spliced = run_spliced(
+            model, dictionaries, batch, split=submodules, grad=True, readout=readout
+        )
+        nodes, out = spliced.values, spliced.readout
+        mask = batch.attention_mask.to(out.device)
+        metric = probe.logits(_pool(out, mask))  # [batch]
+        grads = gradients(metric, nodes)
+        for name in submodules:
+            clean = nodes[name]
+            zero = Values(torch.zeros_like(clean.features), torch.zeros_like(clean.error))
+            feats, errs = contract(clean, zero, grads[name], mask)  # [b,p,width], [b,p]
+            summed = torch.cat([feats.sum(dim=(0, 1)), errs.sum().reshape(1)]).cpu()
+            totals[name] = totals.get(name, 0) + summed
+    effects: dict[str, float] = {}
+    for name, total in totals.items():
+        total = total / len(texts)
+        for index in torch.nonzero(total[:-1]).flatten().tolist():
+            effects[node_name(name, index)] = float(total[index])
+        effects[node_name(name, ERROR)] = float(total[-1])
+    return effects
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Selection
+
+
+def auc(scores: Tensor, labels: Tensor) -> Tensor:
+    """Rank AUC of each column: P(score of a class-1 row > score of a class-0 row), ties 1/2.
+
+    Args:
+        scores: ``[n, k]``.
+        labels: ``[n]``, 0 or 1, both present.
+
+    Returns:
+        ``[k]`` AUCs in float64.
+    """
+    labels = labels.bool()
+    if labels.all() or not labels.any():
+        raise ValueError("auc needs both classes")
+    neg = scores[~labels].double().T.sort(dim=1).values.contiguous()  # [k, n0]
+    pos = scores[labels].double().T.contiguous()  # [k, n1]
+    below = torch.searchsorted(neg, pos, right=False).double()  # negatives < pos
+    upto = torch.searchsorted(neg, pos, right=True).double()  # negatives <= pos
+    return ((below + upto) / 2).mean(dim=1) / neg.shape[1]
+
+
+def _separation(scores: Tensor, labels: Tensor) -> Tensor:
+    """``|2 * AUC - 1|`` per column: 0 no information, 1 a perfect ranking either way."""
+    return (2 * auc(scores, labels) - 1).abs()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A feature the automatic rule looked at.
+
+    Attributes:
+        node: Its name.
+        effect: Its effect on the probe logit.
+        attribute_separation: ``|2 * AUC - 1|`` for the attribute groups.
+        label_separation: The same for the label groups.
+        selected: Whether the rule selected it.
+    """
+
+    node: str
+    effect: float
+    attribute_separation: float
+    label_separation: float
+    selected: bool
+
+
+def select_spurious(
+    effects: Mapping[str, float],
+    features: Mapping[str, Tensor],
+    label: Tensor,
+    attribute: Tensor,
+    *,
+    top: int,
+    threshold: float,
+) -> tuple[list[str], list[Candidate]]:
+    """The automatic rule (module docstring, step 3).
+
+    Args:
+        effects: ``{node: effect}`` (error nodes are skipped).
+        features: ``{submodule: [texts, width]}`` pooled feature activations on labelled texts.
+        label, attribute: ``[texts]`` 0/1 labels of those texts.
+        top: How many feature nodes, by |effect|, are candidates.
+        threshold: Least attribute separation for a selection.
+
+    Returns:
+        The selected node names and every candidate with its numbers.
+    """
+    if top < 1:
+        raise ValueError(f"top must be at least 1, got {top}")
+    ranked = sorted(
+        (n for n in effects if parse_node_name(n).index is not None),
+        key=lambda n: -abs(effects[n]),
+    )[:top]
+    if not ranked:
+        return [], []
+    columns = torch.stack(
+        [features[parse_node_name(n).submodule][:, parse_node_name(n).index] for n in ranked], 1
+    )  # [texts, top]
+    attr_sep = _separation(columns, attribute)
+    label_sep = _separation(columns, label)
+    candidates = []
+    for i, n in enumerate(ranked):
+        a, lab = float(attr_sep[i]), float(label_sep[i])
+        candidates.append(Candidate(n, effects[n], a, lab, a >= threshold and a > lab))
+    return [c.node for c in candidates if c.selected], candidates
+
+
+def _best_separating(features: Mapping[str, Tensor], attribute: Tensor, k: int) -> list[str]:
+    """The ``k`` features (over all submodules) that best separate ``attribute``."""
+    names, scores = [], []
+    for sub, acts in features.items():
+        scores.append(_separation(acts, attribute))
+        names.extend(node_name(sub, i) for i in range(acts.shape[1]))
+    best = torch.cat(scores).topk(min(k, len(names))).indices.tolist()
+    return [names[i] for i in best]
+
+
+def _check_nodes(
+    model: Model, dictionaries: Mapping[str, Dictionary], nodes: Sequence[str], allowed: set[str]
+) -> list[str]:
+    nodes = list(dict.fromkeys(nodes))
+    if not nodes:
+        raise ValueError(
+            "no features to ablate: the selection is empty (give node names, or lower "
+            "threshold / raise top for the automatic rule)"
+        )
+    for n in nodes:
+        node = parse_node_name(n)  # raises for a malformed name
+        model.submodule(node.submodule)  # raises naming the valid submodules
+        if node.index is None or node.position is not None:
+            raise ValueError(f"SHIFT ablates features at every position; {n!r} is not one")
+        if node.submodule not in allowed:
+            raise ValueError(
+                f"node {n!r}: submodule {node.submodule} is not attributed (submodules with a "
+                f"dictionary up to the probe's layer: {', '.join(sorted(allowed))})"
+            )
+        if node.index >= dictionaries[node.submodule].width:
+            raise ValueError(
+                f"node {n!r}: index beyond the {dictionaries[node.submodule].width}-wide "
+                f"dictionary of {node.submodule}"
+            )
+    return nodes
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Report
+
+
+def worst_group_accuracy(correct: Tensor, groups: Sequence[Any]) -> float:
+    """The lowest accuracy over groups: ``correct [n]`` bools, ``groups`` one key per row."""
+    if len(groups) != correct.shape[0] or not len(groups):
+        raise ValueError("worst_group_accuracy needs one group per prediction, at least one")
+    by_group: dict[Any, list[bool]] = {}
+    for ok, g in zip(correct.tolist(), groups, strict=True):
+        by_group.setdefault(g, []).append(bool(ok))
+    return min(sum(v) / len(v) for v in by_group.values())
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table (accuracies in [0, 1], on the balanced evaluation half)."""
+
+    name: str
+    label_accuracy: float
+    attribute_accuracy: float
+    worst_group_accuracy: float
+    ablated: int
+
+
+def evaluate(
+    name: str, probe: Probe, x: Tensor, label: Tensor, attribute: Tensor, ablated: int = 0
+) -> Row:
+    """A `Row`: ``x [n, d_model]``, ``label``/``attribute`` ``[n]`` 0/1 with attribute value 1
+    paired with label 1 (so attribute accuracy is ``mean(prediction == attribute)``)."""
+    pred = probe.predict(x.double())
+    label, attribute = label.long(), attribute.long()
+    groups = list(zip(label.tolist(), attribute.tolist(), strict=True))
+    return Row(
+        name,
+        float((pred == label).double().mean()),
+        float((pred == attribute).double().mean()),
+        worst_group_accuracy(pred == label, groups),
+        ablated,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ShiftReport:
+    """What `shift` returns.
+
+    Attributes:
+        rows: Original, Random, SHIFT, SHIFT + retrain, Feature skyline, Neuron skyline, Oracle.
+        selected: The ablated feature nodes.
+        candidates: The automatic rule's candidates (empty for a given selection).
+        settings: Layer, label/attribute names and values, seed, sizes, method.
+        ambiguous_test_accuracy: The original probe's label accuracy on the ambiguous test part.
+    """
+
+    rows: list[Row]
+    selected: list[str]
+    candidates: list[Candidate] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    ambiguous_test_accuracy: float = float("nan")
+
+    def row(self, name: str) -> Row:
+        """The row called ``name`` (StopIteration if there is none)."""
+        return next(r for r in self.rows if r.name == name)
+
+    def table(self) -> str:
+        """The rows as a markdown table, accuracies in percent."""
+        label = self.settings.get("label", "label")
+        attribute = self.settings.get("attribute", "attribute")
+        lines = [
+            f"| | ablated | {label} acc ↑ | {attribute} acc ↓ | worst group ↑ |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"| {r.name} | {r.ablated} | {100 * r.label_accuracy:.1f} | "
+                f"{100 * r.attribute_accuracy:.1f} | {100 * r.worst_group_accuracy:.1f} |"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with a ``schema_version``."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "settings": self.settings,
+            "ambiguous_test_accuracy": self.ambiguous_test_accuracy,
+            "selected": self.selected,
+            "candidates": [vars(c) for c in self.candidates],
+            "rows": [vars(r) for r in self.rows],
+        }
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline
+
+
+@contextlib.contextmanager
+def _ablated(model: Model, dictionaries: Mapping[str, Dictionary], nodes: Sequence[str]):
+    if nodes:
+        with edited(model, dictionaries, [Ablate(tuple(nodes), how="zero")]):
+            yield
+    else:
+        yield
+
+
+def shift(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    ambiguous: Sequence[LabelledText],
+    balanced: Sequence[LabelledText],
+    *,
+    layer: int | None = None,
+    label: str = "profession",
+    attribute: str = "gender",
+    nodes: Sequence[str] | None = None,
+    top: int = 50,
+    threshold: float = 0.2,
+    l2: float = 1e-3,
+    train_fraction: float = 0.8,
+    n_attribution: int = 256,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> ShiftReport:
+    """Run SHIFT (module docstring, steps 1-5) and measure every row of the table.
+
+    Args:
+        model: The model.
+        dictionaries: ``{submodule: Dictionary}``; those up to ``resid_{layer}`` are attributed.
+        ambiguous: Texts whose ``label`` and ``attribute`` always pair up (probe training).
+        balanced: Texts with all four groups (selection half + evaluation half).
+        layer: The probe reads ``resid_{layer}``; None: ``n_layers // 2``.
+        label, attribute: Label keys of the texts.
+        nodes: Feature nodes to ablate; None: the automatic rule.
+        top: Candidates of the automatic rule (feature nodes by |effect|).
+        threshold: Least attribute separation ``|2 AUC - 1|`` of a selected feature.
+        l2: Probe L2 penalty.
+        train_fraction: Ambiguous texts used to train (the rest measure the probe).
+        n_attribution: Ambiguous training texts used for the node effects.
+        batch_size: Texts per forward.
+        seed: Seeds every split and the random ablation.
+
+    Raises:
+        ValueError: for an unknown layer, labels that do not pair up, unknown or malformed node
+            names, or an empty selection.
+    """
+    layer = model.n_layers // 2 if layer is None else layer
+    readout = f"resid_{layer}"
+    model.submodule(readout)  # raises for an unknown layer
+    order = [sub.name for sub in model.submodules]
+    attributed = [n for n in order[: order.index(readout) + 1] if n in dictionaries]
+    label_classes = _classes(ambiguous, label)
+    pairing = {t.labels[attribute]: t.labels[label] for t in ambiguous}
+    if len(pairing) != 2 or set(pairing.values()) != set(label_classes):
+        raise ValueError(f"in the ambiguous texts {attribute} must determine {label}: {pairing}")
+    attribute_classes = tuple(sorted(pairing, key=lambda a: label_classes.index(pairing[a])))
+
+    def labels_of(texts: Sequence[LabelledText]) -> tuple[Tensor, Tensor]:
+        return _binary(texts, label, label_classes), _binary(texts, attribute, attribute_classes)
+
+    train, test = split_texts(ambiguous, train_fraction, seed)
+    select_half, eval_half = split_texts(balanced, 0.5, seed)
+    y_train, _ = labels_of(train)
+    y_test, _ = labels_of(test)
+    sel_label, sel_attr = labels_of(select_half)
+    ev_label, ev_attr = labels_of(eval_half)
+
+    def pooled(texts: Sequence[LabelledText]) -> Tensor:
+        return pooled_activations(model, texts, layer, batch_size=batch_size).double()
+
+    # 1. Probe.
+    probe = train_probe(pooled(train), y_train, l2=l2)
+    x_eval = pooled(eval_half)
+    ambiguous_test = float((probe.predict(pooled(test)) == y_test.long()).double().mean())
+
+    # 2-3. Circuit and selection.
+    candidates: list[Candidate] = []
+    sel_features = pooled_features(
+        model, dictionaries, select_half, attributed, batch_size=batch_size
+    )
+    if nodes is None:
+        effects = probe_effects(
+            model, dictionaries, train[:n_attribution], probe, layer, batch_size=batch_size
+        )
+        nodes, candidates = select_spurious(
+            effects, sel_features, sel_label, sel_attr, top=top, threshold=threshold
+        )
+    nodes = _check_nodes(model, dictionaries, nodes, set(attributed))
+    k = len(nodes)
+
+    # 4. Ablate, evaluate, retrain.
+    def ablated_rows(name: str, dicts: Mapping[str, Dictionary], chosen: list[str]) -> Row:
+        with _ablated(model, dicts, chosen):
+            return evaluate(name, probe, pooled(eval_half), ev_label, ev_attr, len(chosen))
+
+    rng = random.Random(seed)
+    everything = [(n, i) for n in attributed for i in range(dictionaries[n].width)]
+    random_nodes = [node_name(n, i) for n, i in rng.sample(everything, k)]
+    with _ablated(model, dictionaries, nodes):
+        shift_row = evaluate("SHIFT", probe, pooled(eval_half), ev_label, ev_attr, k)
+        retrained = train_probe(pooled(train), y_train, l2=l2)
+        retrain_row = evaluate(
+            "SHIFT + retrain", retrained, pooled(eval_half), ev_label, ev_attr, k
+        )
+
+    # 5. Skylines and oracle.
+    skyline = _best_separating(sel_features, sel_attr, k)
+    neurons = {n: Identity(model.submodule(n).width) for n in attributed}
+    neuron_acts = pooled_features(model, neurons, select_half, attributed, batch_size=batch_size)
+    neuron_skyline = _best_separating(neuron_acts, sel_attr, k)
+    oracle = train_probe(pooled(select_half), sel_label, l2=l2)
+    rows = [
+        evaluate("Original", probe, x_eval, ev_label, ev_attr),
+        ablated_rows("Random", dictionaries, random_nodes),
+        shift_row,
+        retrain_row,
+        ablated_rows("Feature skyline", dictionaries, skyline),
+        ablated_rows("Neuron skyline", neurons, neuron_skyline),
+        evaluate("Oracle", oracle, x_eval, ev_label, ev_attr),
+    ]
+    settings = {
+        "layer": layer,
+        "readout": readout,
+        "label": label,
+        "label_classes": list(label_classes),
+        "attribute": attribute,
+        "attribute_classes": list(attribute_classes),
+        "selection": "given" if not candidates else "automatic",
+        "top": top,
+        "threshold": threshold,
+        "l2": l2,
+        "seed": seed,
+        "method": "atp, zero-ablation, aggregation sum",
+        "submodules": attributed,
+        "n_train": len(train),
+        "n_test": len(test),
+        "n_attribution": min(n_attribution, len(train)),
+        "n_select": len(select_half),
+        "n_eval": len(eval_half),
+        "feature_skyline": skyline,
+        "neuron_skyline": neuron_skyline,
+    }
+    return ShiftReport(rows, nodes, candidates, settings, ambiguous_test)
