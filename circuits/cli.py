@@ -375,6 +375,17 @@ def _card_text(card: dict) -> str:
     return card_markdown(card)
 
 
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --dictionaries and --device, the same for every command that loads a model."""
+    parser.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
+    parser.add_argument(
+        "--dictionaries",
+        default="zoo",
+        help="'zoo', 'neurons' (identity: neuron nodes) or a directory in SFC's layout",
+    )
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
@@ -390,11 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="list a model's submodules and the nodes its dictionaries give them",
         formatter_class=fmt,
     )
-    info.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
-    info.add_argument(
-        "--dictionaries", default="zoo", help="'zoo', 'neurons' or a directory in SFC's layout"
-    )
-    info.add_argument("--device", default="cpu")
+    _model_options(info)
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(run=_info)
 
@@ -405,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         "go to stderr; stdout gets the summary (or, with --json, only the summary as JSON).",
         formatter_class=fmt,
     )
+    _model_options(disc)
     disc.add_argument(
         "--task",
         required=True,
@@ -417,12 +425,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="split of a zoo task (ignored for a file)",
     )
     disc.add_argument("--n", type=int, default=64, help="use the first N prompt pairs")
-    disc.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
-    disc.add_argument(
-        "--dictionaries",
-        default="zoo",
-        help="'zoo', 'neurons' (neuron circuit) or a directory in SFC's layout",
-    )
     disc.add_argument(
         "--method",
         default="ig",
@@ -463,7 +465,6 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument(
         "--steps", type=int, default=10, help="interpolation steps of ig and ig-joint"
     )
-    disc.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
     disc.add_argument(
         "--no-edges", action="store_true", help="node effects only: no edges, no pruning"
     )
@@ -483,12 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
         "with the full model and with everything ablated.",
         formatter_class=fmt,
     )
+    _model_options(ev)
     ev.add_argument("circuit", help="a circuit file saved by `circuits discover`")
     ev.add_argument("--task", required=True, help="a zoo task name or a JSONL file" + _NO_DEFAULT)
     ev.add_argument("--split", default="test", choices=["train", "test", "generalisation"])
     ev.add_argument("--n", type=int, default=64, help="use the first N prompt pairs")
-    ev.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
-    ev.add_argument("--dictionaries", default="zoo", help="'zoo', 'neurons' or a directory")
     ev.add_argument("--metric", choices=list(_METRICS), help="as for discover" + _NO_DEFAULT)
     ev.add_argument(
         "--ablation",
@@ -518,7 +518,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--seed", type=int, default=0, help="seed of resample ablation")
-    ev.add_argument("--device", default="cpu")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(run=_evaluate)
 
@@ -529,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'@pos' gives) and print the top next-token probabilities before and after.",
         formatter_class=fmt,
     )
+    _model_options(abl)
     abl.add_argument(
         "--nodes",
         required=True,
@@ -537,8 +537,6 @@ def build_parser() -> argparse.ArgumentParser:
         + _NO_DEFAULT,
     )
     abl.add_argument("--prompt", required=True, help="the prompt" + _NO_DEFAULT)
-    abl.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
-    abl.add_argument("--dictionaries", default="zoo", help="'zoo', 'neurons' or a directory")
     abl.add_argument(
         "--how",
         default="zero",
@@ -546,7 +544,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="set nodes to 0, or to their mean over the prompt's tokens",
     )
     abl.add_argument("--top", type=int, default=10, help="tokens listed before and after")
-    abl.add_argument("--device", default="cpu")
     abl.add_argument("--json", action="store_true", help="print the result as JSON")
     abl.set_defaults(run=_ablate)
 
@@ -638,14 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(-o x.json, what `circuits explore --dashboards` reads) or print JSON (--json).",
         formatter_class=fmt,
     )
+    _model_options(dash)
     dash.add_argument("nodes", nargs="*", metavar="NODE", help="e.g. resid_2/17" + _NO_DEFAULT)
     dash.add_argument(
         "--circuit",
         metavar="FILE",
         help="also every feature and neuron node of this circuit (positions merged)" + _NO_DEFAULT,
     )
-    dash.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
-    dash.add_argument("--dictionaries", default="zoo", help="'zoo', 'neurons' or a directory")
     dash.add_argument(
         "--corpus", default="zoo", help="'zoo' (the zoo's language) or a file, one doc a line"
     )
@@ -653,7 +649,6 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--seed", type=int, default=1, help="seed of the zoo corpus")
     dash.add_argument("--top-k", type=int, default=10, help="top contexts per node")
     dash.add_argument("--batch-size", type=int, default=16, help="documents per forward")
-    dash.add_argument("--device", default="cpu")
     dash.add_argument(
         "--cache-dir",
         help="where dashboards are cached (default: $CIRCUITS_CACHE/dashboards or "
@@ -672,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the table of circuits.shift.",
         formatter_class=fmt,
     )
+    _model_options(sh)
     sh.add_argument(
         "--layer", type=int, help="probe on resid_LAYER; default: the middle layer" + _NO_DEFAULT
     )
@@ -685,10 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="bios",
         help="'bios', or a directory holding ambiguous.jsonl and balanced.jsonl",
     )
-    sh.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
-    sh.add_argument("--dictionaries", default="zoo", help="'zoo', 'neurons' or a directory")
     sh.add_argument("--seed", type=int, default=0)
-    sh.add_argument("--device", default="cpu")
     sh.add_argument("--json", action="store_true", help="print the report as JSON")
     sh.set_defaults(run=_shift)
 
