@@ -7,6 +7,7 @@ before "that"; any other agreeing verb closes the most recent open subject.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -77,6 +78,9 @@ def test_deterministic_per_seed():
     assert L.sva_hard_pairs(10, split="test", seed=4) == L.sva_hard_pairs(10, split="test", seed=4)
     assert L.ioi_pairs(10, split="train", seed=1) != L.ioi_pairs(10, split="train", seed=2)
     assert L.bios(8, split="balanced", seed=1) == L.bios(8, split="balanced", seed=1)
+    assert L.bios(8, split="balanced", seed=1, cues="weak") == L.bios(
+        8, split="balanced", seed=1, cues="weak"
+    )
 
 
 def test_vocabulary_covers_everything(docs, all_pairs):
@@ -88,7 +92,8 @@ def test_vocabulary_covers_everything(docs, all_pairs):
         texts += [r[k] for r in rows for k in ("clean_prefix", "patch_prefix")]
         texts += [r[k].strip() for r in rows for k in ("clean_answer", "patch_answer")]
     for split in ("ambiguous", "balanced"):
-        texts += [r["text"] for r in L.bios(40, split=split, seed=0)]
+        for cues in ("plain", "weak"):
+            texts += [r["text"] for r in L.bios(40, split=split, seed=0, cues=cues)]
     assert {w for t in texts for w in t.split()} <= known
 
 
@@ -168,20 +173,65 @@ def test_cases_and_train_test_disjoint(all_pairs):
     assert set(Counter(r["case"] for r in all_pairs["ioi", "test"])) == {"ABBA", "BABA"}
 
 
-def test_bios_splits():
-    ambiguous = L.bios(100, split="ambiguous", seed=0)
+@pytest.mark.parametrize("cues", ["plain", "weak"])
+def test_bios_splits(cues):
+    ambiguous = L.bios(100, split="ambiguous", seed=0, cues=cues)
     assert {(r["profession"], r["gender"]) for r in ambiguous} == {
         ("professor", "male"),
         ("nurse", "female"),
     }
-    balanced = L.bios(100, split="balanced", seed=0)
+    balanced = L.bios(100, split="balanced", seed=0, cues=cues)
     groups = Counter((r["profession"], r["gender"]) for r in balanced)
     assert len(groups) == 4 and set(groups.values()) == {25}
     for row in ambiguous + balanced:
         words = row["text"].split()
         assert "professor" not in words and "nurse" not in words
-        pronoun = {"male": "he", "female": "she"}[row["gender"]]
-        assert pronoun in row["text"].lower().split()
+        pronouns = {"male": {"he", "his"}, "female": {"she", "her"}}[row["gender"]]
+        assert pronouns & set(row["text"].lower().split())
+
+
+def _profession_words() -> dict[str, set[str]]:
+    """Words that occur in one profession's bio sentences only (not in the other's, not neutral)."""
+    own = {p: set(L._template_words(s)) for p, s in L._BIO_SENTENCES.items()}
+    shared = set(L._template_words(L._NEUTRAL_BIO_SENTENCES))
+    professor, nurse = L.PROFESSIONS
+    return {
+        professor: own[professor] - own[nurse] - shared,
+        nurse: own[nurse] - own[professor] - shared,
+    }
+
+
+def test_weak_bios_state_gender_in_every_sentence_and_profession_in_one():
+    cue_words = _profession_words()
+    plain_cues, weak_cues = [], []
+    for cues, counts in (("plain", plain_cues), ("weak", weak_cues)):
+        for row in L.bios(400, split="balanced", seed=3, cues=cues):
+            words = row["text"].split()
+            other = "nurse" if row["profession"] == "professor" else "professor"
+            assert set(words) & cue_words[row["profession"]]
+            assert not set(words) & cue_words[other]
+            counts.append(sum(w in cue_words[row["profession"]] for w in words))
+            if cues == "plain":
+                continue
+            sentences = row["text"].removesuffix(" .").split(" . ")
+            assert 2 <= len(sentences) <= 3
+            names = L._MALE_NAMES if row["gender"] == "male" else L._FEMALE_NAMES
+            assert words[0] in names
+            pronouns = {"male": {"He", "His", "his"}, "female": {"She", "Her", "her"}}
+            assert all(set(s.split()) & pronouns[row["gender"]] for s in sentences[1:])
+            cued = [s for s in sentences if set(s.split()) & cue_words[row["profession"]]]
+            assert len(cued) == 1
+    assert sum(weak_cues) < 0.5 * sum(plain_cues)
+
+
+def test_shipped_bios_are_the_weak_variant():
+    from circuits.zoo.build import DATA_DIR, ZooConfig
+
+    config = ZooConfig()
+    for offset, (split, n) in enumerate(config.bios.items()):
+        rows = L.bios(n, split=split, seed=config.seed + 7 + offset, cues="weak")
+        path = DATA_DIR / "tasks" / "bios" / f"{split}.jsonl"
+        assert [json.loads(line) for line in path.read_text().splitlines()] == rows
 
 
 def test_tokenizer_round_trip(tmp_path):

@@ -102,7 +102,7 @@ def _build_tasks(config: ZooConfig, out_dir: Path) -> None:
         rows = language.ioi_pairs(n, split=split, seed=seed)
         _write_jsonl(tasks / "ioi" / f"{split}.jsonl", rows)
     for offset, (split, n) in enumerate(config.bios.items()):
-        rows = language.bios(n, split=split, seed=config.seed + 7 + offset)
+        rows = language.bios(n, split=split, seed=config.seed + 7 + offset, cues="weak")
         _write_jsonl(tasks / "bios" / f"{split}.jsonl", rows)
 
 

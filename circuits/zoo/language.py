@@ -11,7 +11,8 @@ families of sentences make up the language:
 2. **Indirect-object identification.** "When Mary and John went to the store , John gave a drink
    to Mary ."
 3. **Biographies.** A gendered first name, then he/she/his/her sentences whose vocabulary reveals a
-   profession (professor or nurse); the profession title itself is optional.
+   profession (professor or nurse); the profession title itself is optional. (The ``bios`` task
+   files use a variant that is not in the corpus: one profession sentence among 2–3.)
 4. **Filler.** Descriptions, lists and counting, so that the corpus is varied.
 
 Held out of the training corpus, and used only by the ``"generalisation"`` task split:
@@ -709,14 +710,56 @@ def ioi_pairs(n: int, *, split: Split, seed: int) -> list[dict]:
     return rows
 
 
-def bios(n: int, *, split: Literal["ambiguous", "balanced"], seed: int) -> list[dict]:
+# Weak-cue biographies (task files only, never in the corpus): one profession sentence among
+# neutral ones, with the name and a pronoun in every sentence.
+_NAMED_NEUTRAL = tuple(t for t in _NEUTRAL_BIO_SENTENCES if t.startswith("{S}"))
+
+
+def _weak_bio_words(r: _Rand, profession: str, gender: str) -> list[str]:
+    """A neutral sentence opened by the name, then 0–1 neutral and 1 profession sentence."""
+    name = _pick(r, _MALE_NAMES if gender == "male" else _FEMALE_NAMES)
+    cap, low, cap_pos, low_pos = _PRONOUNS[gender]
+    first = _pick(r, _NAMED_NEUTRAL)
+    sentences = [_pick(r, _BIO_SENTENCES[profession])]
+    if r() < 0.5:
+        others = [t for t in _NEUTRAL_BIO_SENTENCES if t != first]
+        sentences.insert(int(r() * 2), _pick(r, others))
+    slots = {"{S}": cap, "{s}": low, "{P}": cap_pos, "{p}": low_pos}
+    words: list[str] = []
+    for i, sentence in enumerate([first, *sentences]):
+        for w in sentence.split():
+            if w == "{S}" and i == 0:
+                w = name
+            elif w in slots:
+                w = slots[w]
+            elif w[0] == "{":
+                w = _pick(r, _SLOT_WORDS[w[1:-1]])
+            words.append(w)
+    return words
+
+
+def bios(
+    n: int,
+    *,
+    split: Literal["ambiguous", "balanced"],
+    seed: int,
+    cues: Literal["plain", "weak"] = "plain",
+) -> list[dict]:
     """Biographies without the profession title: ``{"text", "profession", "gender"}``.
 
     ``ambiguous``: profession ≡ gender (professors male, nurses female), half each.
     ``balanced``: the four (profession, gender) groups in turn, so equally often (exactly when
     ``n`` is a multiple of 4). Order is shuffled.
+
+    ``cues="plain"``: corpus-like bios, 2–4 sentences in the profession's vocabulary and 1–2
+    neutral ones, so profession is stated many times. ``cues="weak"``: 2–3 sentences, only one
+    of them in the profession's vocabulary; the name opens the bio and a pronoun is in every
+    other sentence, so gender is stated in every sentence and profession in one. Profession is
+    still always recoverable from the text. The shipped task files use ``"weak"``.
     """
     _check_split(split, ("ambiguous", "balanced"))
+    if cues not in ("plain", "weak"):
+        raise ValueError(f"cues must be 'plain' or 'weak', got {cues!r}")
     rng = random.Random(f"bios-{split}-{seed}")
     r = rng.random
     if split == "ambiguous":
@@ -726,7 +769,10 @@ def bios(n: int, *, split: Literal["ambiguous", "balanced"], seed: int) -> list[
     rows = []
     for i in range(n):
         profession, gender = groups[i % len(groups)]
-        text = " ".join(_bio_words(r, profession, gender, title=False))
-        rows.append({"text": text, "profession": profession, "gender": gender})
+        if cues == "weak":
+            words = _weak_bio_words(r, profession, gender)
+        else:
+            words = _bio_words(r, profession, gender, title=False)
+        rows.append({"text": " ".join(words), "profession": profession, "gender": gender})
     rng.shuffle(rows)
     return rows
