@@ -22,9 +22,8 @@ def test_the_original_probe_is_confounded_and_shift_removes_much_of_it(report):
         for row in ("Original", "Random", "SHIFT + retrain")
     }
     assert worst["Original"] < 0.2  # measured 0.139: the probe follows gender
-    assert (
-        abs(worst["Random"] - worst["Original"]) < 0.05
-    )  # measured 0.135: ablation alone does nothing
+    # measured 0.135: ablating as many random features does nothing
+    assert abs(worst["Random"] - worst["Original"]) < 0.05
     assert worst["SHIFT + retrain"] > worst["Original"] + 0.3  # measured 0.556
     assert (
         report.row("SHIFT + retrain").attribute_accuracy
