@@ -15,7 +15,7 @@ import math
 
 import pytest
 import torch
-from conftest import build_tiny_model, make_tiny_tokenizer
+from conftest import PAIRS, build_tiny_model, make_tiny_tokenizer, random_saes
 
 from attribution import discover, pair_batches
 from circuits.ablation import (
@@ -27,7 +27,7 @@ from circuits.ablation import (
     keep_none,
     run_ablated,
 )
-from circuits.dictionaries import SAE, Identity, ReLU
+from circuits.dictionaries import Identity
 from circuits.evaluate import (
     Evaluator,
     FaithfulnessUndefinedError,
@@ -37,26 +37,6 @@ from circuits.evaluate import (
     evaluate,
 )
 from circuits.models import load_model
-from circuits.tasks import PromptPair
-
-PAIRS = [
-    PromptPair("the teachers near the desk", " are", "the teacher near the desk", " is"),
-    PromptPair("the doctors by the mat", " were", "the doctor by the mat", " was"),
-    PromptPair("the cat sat on the", " mat", "the dog sat on the", " desk"),
-    PromptPair("a teacher that sat", " is", "a doctor that sat", " are"),
-    PromptPair("the dog sat", " on", "the cat sat", " by"),
-]
-
-
-def random_saes(model, width: int = 16, seed: int = 0) -> dict[str, SAE]:
-    """A random ReLU SAE per submodule (decoder = encoder transposed, scaled down)."""
-    generator = torch.Generator().manual_seed(seed)
-    saes = {}
-    for sub in model.submodules:
-        w_enc = torch.randn(sub.width, width, generator=generator) / math.sqrt(sub.width)
-        b_dec = 0.1 * torch.randn(sub.width, generator=generator)
-        saes[sub.name] = SAE(w_enc, torch.zeros(width), 0.5 * w_enc.T, b_dec, ReLU())
-    return saes
 
 
 def all_nodes(dictionaries, submodules) -> list[str]:
@@ -73,7 +53,7 @@ def neox(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def saes(neox):
-    return random_saes(neox)
+    return random_saes(neox, widths=(16,))
 
 
 @pytest.fixture(scope="module")
