@@ -101,15 +101,12 @@ from tqdm.auto import tqdm
 
 from attribution.batches import PairBatch, TaskLike, pair_batches
 from attribution.effects import NodeEffects
-from attribution.ig import _mean_over_steps, _path
+from attribution.ig import mean_gradients
 from attribution.nodes import AGGREGATIONS, Aggregation, _check_equal_lengths
 from attribution.splice import (
     Values,
     check_submodules,
-    gradients,
     patch_side,
-    repeat_batch,
-    run_spliced,
 )
 from circuits.dictionaries import (
     SAE,
@@ -545,36 +542,6 @@ def _pack(grads: list, names: Sequence[str]) -> dict[str, Values]:
     return {name: Values(grads[2 * i], grads[2 * i + 1]) for i, name in enumerate(names)}
 
 
-def _ig_left(
-    model: Model,
-    dictionaries: Mapping[str, Dictionary],
-    batch: PairBatch,
-    names: Sequence[str],
-    targets: Sequence[str],
-    clean: Mapping[str, Values],
-    patch: Mapping[str, Values],
-    metric: Metric,
-    info: BatchInfo,
-    steps: int,
-    joint: bool,
-) -> dict[str, Values]:
-    """IG mean gradients of ``targets`` (`attribution.ig`): ``{name: Values}``."""
-    stacked = repeat_batch(batch.clean, steps)  # [steps * batch, pos]
-    info = info.repeat(steps)
-    if joint:
-        paths = {name: _path(clean[name], patch[name], steps) for name in names}
-        run = run_spliced(model, dictionaries, stacked, values=paths, grad=True, pass_through=True)
-        grads = gradients(metric(run.logits, info), run.values)
-        return {name: _mean_over_steps(grads[name], steps) for name in targets}
-    out = {}
-    for name in targets:
-        path = {name: _path(clean[name], patch[name], steps)}
-        run = run_spliced(model, dictionaries, stacked, values=path, grad=True)
-        grad = gradients(metric(run.logits, info), run.values)[name]
-        out[name] = _mean_over_steps(grad, steps)
-    return out
-
-
 # ------------------------------------------------------------------------------------------------
 # Step 4: edges into one downstream submodule
 
@@ -762,17 +729,16 @@ def _batch_edges(
                 if len(kept[name])
                 and (name == names[-1] or any(len(kept[up]) for up in wires[name]))
             ]
-            left = _ig_left(
+            left = mean_gradients(
                 model,
                 dictionaries,
-                batch,
-                names,
-                targets,
-                clean,
+                batch.clean,
+                {name: clean[name] for name in names},
                 patch,
-                metric,
                 info,
-                steps,
+                metric,
+                steps=steps,
+                targets=targets,
                 joint=gradient == "ig-joint",
             )
             left = {name: at_kept(name, grad) for name, grad in left.items()}

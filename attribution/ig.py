@@ -56,10 +56,10 @@ from attribution.splice import (
     run_spliced,
 )
 from circuits.dictionaries import Dictionary
-from circuits.metrics import Metric
-from circuits.models import Model
+from circuits.metrics import BatchInfo, Metric
+from circuits.models import Batch, Model
 
-__all__ = ["ig_effects", "ig_joint_effects"]
+__all__ = ["ig_effects", "ig_joint_effects", "mean_gradients"]
 
 
 def _check_steps(steps: int) -> None:
@@ -84,6 +84,43 @@ def _path(clean: Values, patch: Values, steps: int) -> Values:
 def _mean_over_steps(grad: Values, steps: int) -> Values:
     """``[steps * batch, ...]`` gradients -> their mean over steps, ``[batch, ...]``."""
     return Values(*(g.view(steps, -1, *g.shape[1:]).mean(dim=0) for g in grad))
+
+
+def mean_gradients(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    clean_batch: Batch,
+    clean: Mapping[str, Values],
+    patch: Mapping[str, Values],
+    info: BatchInfo,
+    metric: Metric,
+    *,
+    steps: int,
+    targets: Sequence[str],
+    joint: bool,
+    progress: bool = False,
+) -> dict[str, Values]:
+    """The integrated gradient (mean over the ``steps`` points of the clean -> patch path) of
+    every node of ``targets``: ``{name: Values}``, ``[batch, pos, width]`` / ``[batch, pos,
+    d_model]``.
+
+    ``joint=False`` (``ig``): one forward + backward of ``steps * batch`` rows per target, that
+    target alone on its path. ``joint=True`` (``ig-joint``): one forward + backward in all, every
+    submodule of ``clean`` on its path, gradients passing through to upstream.
+    """
+    stacked = repeat_batch(clean_batch, steps)  # [steps * batch, pos]
+    info = info.repeat(steps)
+    if joint:
+        paths = {name: _path(clean[name], patch[name], steps) for name in clean}
+        run = run_spliced(model, dictionaries, stacked, values=paths, grad=True, pass_through=True)
+        grads = gradients(metric(run.logits, info), run.values)
+        return {name: _mean_over_steps(grads[name], steps) for name in targets}
+    out = {}
+    for name in tqdm(targets, desc="ig submodules", disable=not progress, leave=False):
+        path = {name: _path(clean[name], patch[name], steps)}
+        run = run_spliced(model, dictionaries, stacked, values=path, grad=True)
+        out[name] = _mean_over_steps(gradients(metric(run.logits, info), run.values)[name], steps)
+    return out
 
 
 def _result(ends: Endpoints, features: dict, errors: dict) -> BatchEffects:
@@ -122,19 +159,24 @@ def ig_effects(
     _check_steps(steps)
     # 1. Both ends.
     ends = endpoints(model, dictionaries, batch, submodules, metric)
-    stacked = repeat_batch(batch.clean, steps)  # [steps * batch, pos]
-    info = ends.info.repeat(steps)
+    # 2-3. Per submodule, one forward of steps * batch rows along its path and one backward.
+    grads = mean_gradients(
+        model,
+        dictionaries,
+        batch.clean,
+        ends.clean,
+        ends.patch,
+        ends.info,
+        metric,
+        steps=steps,
+        targets=submodules,
+        joint=False,
+        progress=progress,
+    )
     features, errors = {}, {}
-    for name in tqdm(submodules, desc="ig submodules", disable=not progress, leave=False):
-        clean, patch = ends.clean[name], ends.patch[name]
-        # 2. One forward of steps * batch rows along this submodule's path.
-        run = run_spliced(
-            model, dictionaries, stacked, values={name: _path(clean, patch, steps)}, grad=True
-        )
-        # 3. One backward; mean gradient * delta.
-        grad = gradients(metric(run.logits, info), run.values)[name]
+    for name in submodules:  # effect = mean gradient * (patch - clean)
         features[name], errors[name] = contract(
-            clean, patch, _mean_over_steps(grad, steps), batch.mask
+            ends.clean[name], ends.patch[name], grads[name], batch.mask
         )
     return _result(ends, features, errors)
 
@@ -154,22 +196,21 @@ def ig_joint_effects(
     """
     _check_steps(steps)
     ends = endpoints(model, dictionaries, batch, submodules, metric)
-    paths = {name: _path(ends.clean[name], ends.patch[name], steps) for name in submodules}
-    run = run_spliced(
+    grads = mean_gradients(
         model,
         dictionaries,
-        repeat_batch(batch.clean, steps),
-        values=paths,
-        grad=True,
-        pass_through=True,
+        batch.clean,
+        ends.clean,
+        ends.patch,
+        ends.info,
+        metric,
+        steps=steps,
+        targets=submodules,
+        joint=True,
     )
-    grads = gradients(metric(run.logits, ends.info.repeat(steps)), run.values)
     features, errors = {}, {}
     for name in submodules:
         features[name], errors[name] = contract(
-            ends.clean[name],
-            ends.patch[name],
-            _mean_over_steps(grads[name], steps),
-            batch.mask,
+            ends.clean[name], ends.patch[name], grads[name], batch.mask
         )
     return _result(ends, features, errors)
