@@ -23,6 +23,10 @@ is an identity, else each submodule's dictionary class and width); a caller that
 from specs (``"zoo"``, a directory) passes those in ``provenance=`` instead, as the
 ``circuits discover`` command does.
 
+With ``nodes`` (e.g. the nodes a learned mask kept, `masks.mask_circuit`) step 2 keeps exactly
+those nodes, whatever their effects, and step 6 is skipped: the circuit is the given node set,
+with every kept node's effect and the edges between them.
+
 Nothing above the threshold is not an error: the result is a circuit with only ``y``, and its
 summary says so. With ``edges=False`` steps 3, 4 and 6 are skipped: the circuit holds every kept
 node and no edge (without edges there is no path to ``y`` to prune by).
@@ -93,6 +97,7 @@ def discover(
     batch_size: int = 16,
     submodules: Iterable[str] | None = None,
     edges: bool = True,
+    nodes: Iterable[str] | None = None,
     progress: bool = True,
     provenance: Mapping[str, Any] | None = None,
 ) -> Circuit:
@@ -119,6 +124,9 @@ def discover(
         batch_size: Examples per batch.
         submodules: Submodules to attribute; None for every one with a dictionary.
         edges: Compute edges and prune; False keeps the kept nodes without edges, unpruned.
+        nodes: Keep exactly these node names (thresholds and ``top_k`` are then not allowed)
+            and do not prune. Names carry positions (``resid_2/17@5``) exactly when
+            ``aggregation`` is ``"none"``.
         progress: Progress bars (tqdm, on stderr) over batches and submodules.
         provenance: Extra provenance keys, recorded over the ones found here (e.g.
             ``{"model": "zoo", "dictionaries": "zoo"}`` for objects loaded from those specs).
@@ -135,9 +143,14 @@ def discover(
     Raises:
         ValueError: a negative or non-finite threshold, a ``top_k`` that is not a positive
             integer, and everything `attribution.node_effects` / `attribution.edge_effects`
-            refuse (unknown method, unusable prompt pairs, ...).
+            refuse (unknown method, unusable prompt pairs, ...); ``nodes`` with a threshold or
+            ``top_k``, or naming a node that was not attributed.
     """
-    if node_threshold is None and top_k is None:
+    if nodes is not None:
+        nodes = list(nodes)
+        if node_threshold is not None or top_k is not None:
+            raise ValueError("give nodes, or node_threshold / top_k to choose them, not both")
+    elif node_threshold is None and top_k is None:
         node_threshold = DEFAULT_NODE_THRESHOLD
     _check_threshold(node_threshold, "node_threshold")
     _check_threshold(edge_threshold, "edge_threshold")
@@ -162,7 +175,10 @@ def discover(
     )
 
     # 2. Kept nodes.
-    kept = select_nodes(effects.nodes(), threshold=node_threshold, top_k=top_k)
+    if nodes is None:
+        kept = select_nodes(effects.nodes(), threshold=node_threshold, top_k=top_k)
+    else:
+        kept = _given_nodes(effects.nodes(), nodes, aggregation)
 
     # 3-4. Edges between kept nodes, above the edge threshold.
     weights: dict[tuple[str, str], float] = {}
@@ -203,7 +219,25 @@ def discover(
     )
 
     # 6. Prune to the nodes with a path to y.
-    return circuit.prune() if edges else circuit
+    return circuit.prune() if edges and nodes is None else circuit
+
+
+def _given_nodes(
+    effects: Mapping[str, float], nodes: Sequence[str], aggregation: str
+) -> dict[str, float]:
+    """``{name: effect}`` of ``nodes``, in the order of ``effects``."""
+    wanted = set(nodes)
+    unknown = sorted(wanted - set(effects))
+    if unknown:
+        hint = (
+            "; node names carry positions (resid_2/17@5) exactly when aggregation is 'none'"
+            if any(("@" in name) != (aggregation == "none") for name in unknown)
+            else ""
+        )
+        raise ValueError(
+            f"{len(unknown)} given node(s) were not attributed, e.g. {unknown[:3]}{hint}"
+        )
+    return {name: effect for name, effect in effects.items() if name in wanted}
 
 
 def _check_threshold(value: float | None, what: str) -> None:

@@ -15,9 +15,10 @@ al., 2020). See `masks.gates` for the gates themselves.
 Steps (`train_mask`):
 
 1. **Set up** (`circuits.evaluate.Evaluator`): tokenised prompt pairs, ablation values from the
-   patch prompts (the clean prompts for a task without them), the full model's last-position
-   logits on every batch (the targets), and the candidate nodes: every feature and error node of
-   the evaluated submodules, shared across positions or one per position. With
+   patch prompts (the clean prompts for a task without them; any kind of the ablation engine,
+   position-mean by default as in `circuits.evaluate`), the full model's last-position logits on
+   every batch (the targets), m(M) and m(∅), and the candidate nodes: every feature and error
+   node of the evaluated submodules, shared across positions or one per position. With
    ``keep_errors=True`` error nodes are not candidates; they keep their own value.
 2. **Gates**: logits ``θ`` over the candidates, drawn uniformly in ``[2, 4]`` with ``seed`` (every
    node starts kept; the spread keeps alike nodes from moving in lockstep).
@@ -38,6 +39,9 @@ Steps (`train_mask`):
      fixed quadratic rather than learned Lagrange multipliers, whose integral term winds up
      during the warm-up and overshoots).
 
+   The bar shows the loss, the expected size and ``faith``, the batch's faithfulness with the
+   drawn gates, ``(mean m(masked) - m(∅)) / (m(M) - m(∅))`` with the whole task's m(M) and m(∅)
+   (an estimate while training; step 5 scores the binarised mask on every batch).
    Model and dictionary weights are frozen throughout (their ``requires_grad`` is restored after).
    With ``checkpoint`` the state (θ, optimiser, noise generator, history) is saved every
    ``checkpoint_every`` steps and at the end, and a run finding the file resumes from it.
@@ -65,7 +69,7 @@ from tqdm.auto import tqdm
 
 from attribution.batches import TaskLike
 from attribution.splice import Values
-from circuits.ablation import mix
+from circuits.ablation import ABLATIONS, Ablation, mix
 from circuits.dictionaries import Dictionary
 from circuits.evaluate import Evaluator
 from circuits.graph import ERROR, node_name
@@ -83,7 +87,6 @@ PARAMETRISATIONS: dict[str, type[Gates]] = {
 }
 """Gate parametrisations by name."""
 _OBJECTIVES = ("logit-diff", "kl")
-_ABLATIONS = ("mean", "zero")
 _SCHEMA = 1
 _INIT = 3.0
 _RAMP = 0.3  # target mode: the target falls from N to k over this fraction of the steps
@@ -103,8 +106,9 @@ class MaskResult:
         n_candidates: Number of candidate nodes ``N``.
         parametrisation: ``"hard-concrete"`` or ``"sigmoid"``.
         objective: ``"logit-diff"`` or ``"kl"``.
-        ablation: ``"mean"`` or ``"zero"``.
+        ablation: The ablation kind of masked-out nodes.
         submodules: The masked submodules.
+        positions: One gate per node and position (names carry ``@pos``).
     """
 
     nodes: tuple[str, ...]
@@ -118,6 +122,7 @@ class MaskResult:
     objective: str
     ablation: str
     submodules: tuple[str, ...]
+    positions: bool = False
 
 
 class _Block(NamedTuple):
@@ -210,8 +215,9 @@ def run_gated(
         gates: ``{submodule: (features, error)}``, in ``[0, 1]``: ``[width]`` and ``[]`` for all
             positions, or ``[pos, width]`` and ``[pos]`` per position (at least as many
             positions as ``batch``; extra ones are cut).
-        values: ``{submodule: Values}`` ablation values, ``[width]`` / ``[d_model]`` (from
-            `circuits.ablation.AblationValues.for_batch`).
+        values: ``{submodule: Values}`` ablation values for this batch, broadcastable to
+            ``[batch, pos, width]`` / ``[batch, pos, d_model]``
+            (`circuits.ablation.AblationValues.for_batch`).
 
     Returns:
         ``[batch, vocab]`` logits at each prompt's last position.
@@ -251,6 +257,12 @@ def _task_loss(logits: Tensor, info: BatchInfo, objective: str) -> Tensor:
         return kl_to_clean(logits, info).mean()
     assert info.clean_logits is not None
     return (logit_diff(logits, info) - logit_diff(info.clean_logits, info)).abs().mean()
+
+
+def _faithfulness(logits: Tensor, info: BatchInfo, evaluator: Evaluator) -> float:
+    """One batch's ``(mean m - m(∅)) / (m(M) - m(∅))`` with the task's m(M) and m(∅)."""
+    span = evaluator.metric_full - evaluator.metric_empty
+    return (float(evaluator.metric(logits, info).double().mean()) - evaluator.metric_empty) / span
 
 
 def _fingerprint(evaluator: Evaluator) -> str:
@@ -293,7 +305,7 @@ def train_mask(
     size: int | None = None,
     penalty: float | None = None,
     objective: Objective = "logit-diff",
-    ablation: Literal["mean", "zero"] = "mean",
+    ablation: Ablation = "position-mean",
     keep_errors: bool = False,
     positions: bool = False,
     submodules: Iterable[str] | None = None,
@@ -316,8 +328,9 @@ def train_mask(
         penalty: Weight of the size term: ``λ`` of ``λ · expected size`` (penalty mode; None:
             0.01) or ``μ`` of ``μ ((s - t) / N)²`` (target mode; None: 100).
         objective: ``"logit-diff"`` (needs patch prompts) or ``"kl"``.
-        ablation: What masked-out nodes are set to: ``"mean"`` (over the patch prompts' real
-            tokens; clean prompts without patch prompts) or ``"zero"``.
+        ablation: What masked-out nodes are set to (`circuits.ablation`): ``"position-mean"``
+            (SFC's mean ablation), ``"mean"``, ``"zero"`` or ``"resample"``; means and samples
+            come from the patch prompts (the clean prompts for a task without them).
         keep_errors: Error nodes are not masked (they keep their own value and are listed among
             the kept nodes).
         positions: One gate per node and position (names ``resid_1/3@4``) instead of one shared
@@ -344,8 +357,8 @@ def train_mask(
         )
     if objective not in _OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(_OBJECTIVES)}")
-    if ablation not in _ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(_ABLATIONS)}")
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
     for value, what in ((steps, "steps"), (checkpoint_every, "checkpoint_every")):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{what} must be a positive integer, got {value!r}")
@@ -382,7 +395,6 @@ def train_mask(
         not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= n
     ):
         raise ValueError(f"size must be an integer in 1..{n} (the number of nodes), got {size!r}")
-    values = dict(evaluator.values.values)  # [width] / [d_model], the same for every batch
 
     # 2. Gates.
     gates = PARAMETRISATIONS[parametrisation](n, init=_INIT, seed=seed)
@@ -446,8 +458,10 @@ def train_mask(
             if isinstance(gates, SigmoidGates):
                 gates.anneal(step, steps, start=ramp)
             drawn = _split_gates(gates.gates(True), blocks)
+            values = evaluator.values.for_batch(model, dictionaries, batch.clean, key=index)
             logits = run_gated(model, dictionaries, batch.clean, drawn, values)
             task_loss = _task_loss(logits, info, objective)
+            faith = _faithfulness(logits.detach(), info, evaluator)
             expected = gates.expected_size()
             if size is None:
                 loss = task_loss + penalty * expected
@@ -461,7 +475,9 @@ def train_mask(
             history.append(float(loss.detach()))
             sizes.append(float(expected.detach()))
             bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]:.4g}", size=f"{sizes[-1]:.1f}")
+            bar.set_postfix(
+                loss=f"{history[-1]:.4g}", size=f"{sizes[-1]:.1f}", faith=f"{faith:.3f}"
+            )
             if path is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 save(step + 1)
 
@@ -492,4 +508,5 @@ def train_mask(
         objective=objective,
         ablation=ablation,
         submodules=tuple(evaluator.submodules),
+        positions=positions,
     )

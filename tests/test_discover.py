@@ -104,6 +104,30 @@ def test_top_k_keeps_k_nodes_before_pruning(neox, dictionaries):
     assert set(both.graph) - {OUTPUT} == set(ranked[:3])
 
 
+def test_given_nodes_are_kept_exactly_with_their_effects_and_edges(neox, dictionaries):
+    effects = node_effects(neox, dictionaries, PAIRS, **FAST)
+    every = effects.nodes()
+    given = sorted(every, key=lambda n: abs(every[n]))[:5]  # the five weakest: pruning would cut
+    weights = edge_effects(
+        neox, dictionaries, PAIRS, {n: every[n] for n in given}, effects=effects, progress=False
+    )
+
+    circuit = discover(neox, dictionaries, PAIRS, nodes=given, edge_threshold=0.0, **FAST)
+
+    assert set(circuit.graph) == {*given, OUTPUT}
+    for name in given:
+        assert circuit.effect(name) == pytest.approx(every[name], abs=1e-6)
+    assert circuit.edge_weights() == pytest.approx(
+        {pair: w for pair, w in weights.items() if abs(w) > 0.0}, abs=1e-6
+    )
+    with pytest.raises(ValueError, match="not both"):
+        discover(neox, dictionaries, PAIRS, nodes=given, top_k=3, **FAST)
+    with pytest.raises(ValueError, match=r"were not attributed.*positions"):
+        discover(neox, dictionaries, PAIRS, nodes=["resid_0/1@2"], **FAST)
+    with pytest.raises(ValueError, match="were not attributed"):
+        discover(neox, dictionaries, PAIRS, nodes=["resid_0/99999"], **FAST)
+
+
 def test_select_nodes_orders_ties_and_skips_zero_effects():
     effects = {"a/0": 0.5, "b/1": -0.5, "c/2": 0.0, "d/3": 0.2}
     assert select_nodes(effects, threshold=None, top_k=1) == {"a/0": 0.5}

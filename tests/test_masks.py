@@ -16,12 +16,13 @@ import torch
 from conftest import PAIRS, build_tiny_model, make_tiny_tokenizer, random_saes
 
 import masks.train
+from attribution import edge_effects, node_effects
 from circuits.ablation import ablation_values, keep_nodes, run_ablated
 from circuits.dictionaries import Identity
 from circuits.evaluate import evaluate
 from circuits.models import load_model
 from circuits.tasks import PromptPair
-from masks import HardConcreteGates, SigmoidGates, run_gated, train_mask
+from masks import HardConcreteGates, SigmoidGates, mask_circuit, run_gated, train_mask
 from masks.gates import BETA, GAMMA, ZETA
 
 READ = (3, 7)  # the coordinates of resid_1 the two-node model's logits read
@@ -81,17 +82,38 @@ def test_mask_keeps_exactly_the_two_read_neurons(two_node_model, parametrisation
     assert abs(result.expected_size - 2) < 1
 
 
-def test_gated_run_with_binary_gates_is_the_engine_run(neox, saes):
+def test_mask_circuit_holds_the_mask_nodes_with_effects_and_edges(two_node_model):
+    """The two kept neurons, their IG effects, and the edges `edge_effects` gives them."""
+    neurons = {"resid_1": Identity(32)}
+    mask = train_mask(two_node_model, neurons, PAIRS, steps=100, batch_size=5, progress=False)
+    circuit = mask_circuit(two_node_model, neurons, PAIRS, mask, edge_threshold=0.0, progress=False)
+
+    effects = node_effects(two_node_model, neurons, PAIRS, method="ig", progress=False)
+    kept = {n: effects.nodes()[n] for n in mask.nodes}
+    weights = edge_effects(two_node_model, neurons, PAIRS, kept, effects=effects, progress=False)
+    assert set(circuit.graph) == {"resid_1/3", "resid_1/7", "y"}
+    for name, effect in kept.items():
+        assert circuit.effect(name) == pytest.approx(effect, abs=1e-6)
+        assert effect != 0
+    assert circuit.edge_weights() == pytest.approx(weights, abs=1e-6)
+    assert set(circuit.edge_weights()) == {("resid_1/3", "y"), ("resid_1/7", "y")}
+    assert circuit.provenance["mask"]["parametrisation"] == "hard-concrete"
+    assert circuit.provenance["mask"]["faithfulness"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("ablation", ["mean", "position-mean", "zero", "resample"])
+def test_gated_run_with_binary_gates_is_the_engine_run(neox, saes, ablation):
     """0/1 gates reproduce `run_ablated` (same ablation values, same kept nodes)."""
     batch = neox.tokenize([p.clean_prefix for p in PAIRS])
     reference = neox.tokenize([p.patch_prefix for p in PAIRS])
-    values = ablation_values(neox, saes, reference, "mean", submodules=SUBMODULES)
+    values = ablation_values(neox, saes, reference, ablation, submodules=SUBMODULES)
     kept = ["attn_0/2", "attn_0/ε", "mlp_0/5", "mlp_0/9", "resid_0/0", "mlp_1/ε", "mlp_1/15"]
     keep = keep_nodes(neox, saes, kept, submodules=SUBMODULES)
     gates = {name: (k.features.float(), k.error.float()) for name, k in keep.items()}
     with torch.no_grad():
-        soft = run_gated(neox, saes, batch, gates, values.values)
-    hard = run_ablated(neox, saes, batch, keep, values)
+        per_batch = values.for_batch(neox, saes, batch, key=3)
+        soft = run_gated(neox, saes, batch, gates, per_batch)
+    hard = run_ablated(neox, saes, batch, keep, values, key=3)
     torch.testing.assert_close(soft, hard, rtol=0, atol=1e-5)
 
 
@@ -175,7 +197,7 @@ def test_bad_inputs(neox, saes):
     with pytest.raises(ValueError, match="unknown objective"):
         train(objective="ce")
     with pytest.raises(ValueError, match="unknown ablation"):
-        train(ablation="resample")
+        train(ablation="median")
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         train(steps=0)
     no_patch = [PromptPair(p.clean_prefix, p.clean_answer) for p in PAIRS]
