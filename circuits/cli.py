@@ -170,6 +170,138 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mask(args: argparse.Namespace) -> int:
+    import time
+
+    from circuits.dictionaries import load_dictionaries
+    from circuits.graph import format_summary
+    from circuits.models import load_model
+    from circuits.tasks import load_task
+    from masks import mask_circuit, train_mask
+
+    start = time.perf_counter()
+    task = load_task(args.task, args.split, n=args.n)
+    model = load_model(args.model, device=args.device)
+    dictionaries = load_dictionaries(model, args.dictionaries)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    mask = train_mask(
+        model,
+        dictionaries,
+        task,
+        parametrisation=args.parametrisation,
+        size=args.size,
+        penalty=args.penalty,
+        objective=args.objective,
+        ablation=args.ablation,
+        keep_errors=args.keep_errors,
+        positions=args.positions,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        checkpoint=out / "mask.ckpt",
+        progress=progress,
+    )
+    circuit = mask_circuit(
+        model,
+        dictionaries,
+        task,
+        mask,
+        method=args.effects,
+        edge_threshold=args.edge_threshold,
+        batch_size=args.batch_size,
+        progress=progress,
+        provenance={"model": str(args.model), "dictionaries": str(args.dictionaries)},
+    )
+    path = circuit.save(out / "circuit.json")
+    seconds = time.perf_counter() - start
+    result = {
+        **circuit.summary(),
+        "kept": len(mask.nodes),
+        "candidates": mask.n_candidates,
+        "expected_size": mask.expected_size,
+        "faithfulness": mask.faithfulness,
+        "ablation": mask.ablation,
+        "wall_time_s": round(seconds, 3),
+        "file": str(path),
+        "checkpoint": str(out / "mask.ckpt"),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(format_summary(circuit.summary()))
+    print(
+        f"mask ({mask.parametrisation}): kept {len(mask.nodes)} of {mask.n_candidates} nodes, "
+        f"expected size {mask.expected_size:.1f}, faithfulness {mask.faithfulness:.3f} "
+        f"({mask.ablation} ablation, {len(mask.loss)} steps)"
+    )
+    print(f"wall time: {seconds:.1f} s")
+    print(f"saved: {path} (training state: {out / 'mask.ckpt'}; delete it to train afresh)")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import time
+
+    from circuits.compare import compare
+    from circuits.dictionaries import load_dictionaries
+    from circuits.models import load_model
+    from circuits.tasks import load_task
+
+    start = time.perf_counter()
+    find = load_task(args.task, args.split, n=args.n)
+    score = load_task(args.task, args.eval_split, n=args.eval_n)
+    model = load_model(args.model, device=args.device)
+    node_sets = {}
+    if "features" in args.nodes:
+        node_sets["features"] = load_dictionaries(model, args.dictionaries)
+    if "neurons" in args.nodes:
+        node_sets["neurons"] = load_dictionaries(model, "neurons")
+    comparison = compare(
+        model,
+        node_sets,
+        find,
+        eval_task=score,
+        methods=args.methods,
+        sizes=args.sizes,
+        ablation=args.ablation,
+        ig_steps=args.ig_steps,
+        mask_steps=args.mask_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = comparison.to_dict()
+    record["settings"].update(
+        task=args.task,
+        find_split=args.split,
+        eval_split=args.eval_split,
+        model=str(args.model),
+        dictionaries=str(args.dictionaries),
+        wall_time_s=round(time.perf_counter() - start, 1),
+    )
+    title = f"{args.task}: {args.split} → {args.eval_split}, {args.ablation} ablation"
+    files = {
+        "json": out / "comparison.json",
+        "table": out / "comparison.md",
+        "plot": comparison.plot(out / "comparison.png", title=title),
+    }
+    files["json"].write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    files["table"].write_text(f"{title}\n\n{comparison.table()}\n")
+    if args.json:
+        print(json.dumps({**record, "files": {k: str(v) for k, v in files.items()}}, indent=1))
+        return 0
+    print(title)
+    print(comparison.table())
+    print(f"wall time: {record['settings']['wall_time_s']:.0f} s")
+    print(f"saved: {', '.join(str(v) for v in files.values())}")
+    return 0
+
+
 def _ablate(args: argparse.Namespace) -> int:
     from circuits.ablation import ablation_values
     from circuits.dictionaries import load_dictionaries
@@ -386,6 +518,22 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
 
 
+def _task_options(parser: argparse.ArgumentParser) -> None:
+    """--task, --split and --n, the same for every command that reads prompt pairs."""
+    parser.add_argument(
+        "--task",
+        required=True,
+        help="a zoo task name (e.g. sva-rc) or a JSONL file of prompt pairs" + _NO_DEFAULT,
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "test", "generalisation"],
+        help="split of a zoo task (ignored for a file)",
+    )
+    parser.add_argument("--n", type=int, default=64, help="use the first N prompt pairs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
@@ -413,18 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     _model_options(disc)
-    disc.add_argument(
-        "--task",
-        required=True,
-        help="a zoo task name (e.g. sva-rc) or a JSONL file of prompt pairs" + _NO_DEFAULT,
-    )
-    disc.add_argument(
-        "--split",
-        default="test",
-        choices=["train", "test", "generalisation"],
-        help="split of a zoo task (ignored for a file)",
-    )
-    disc.add_argument("--n", type=int, default=64, help="use the first N prompt pairs")
+    _task_options(disc)
     disc.add_argument(
         "--method",
         default="ig",
@@ -486,9 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_options(ev)
     ev.add_argument("circuit", help="a circuit file saved by `circuits discover`")
-    ev.add_argument("--task", required=True, help="a zoo task name or a JSONL file" + _NO_DEFAULT)
-    ev.add_argument("--split", default="test", choices=["train", "test", "generalisation"])
-    ev.add_argument("--n", type=int, default=64, help="use the first N prompt pairs")
+    _task_options(ev)
     ev.add_argument("--metric", choices=list(_METRICS), help="as for discover" + _NO_DEFAULT)
     ev.add_argument(
         "--ablation",
@@ -520,6 +655,123 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of resample ablation")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(run=_evaluate)
+
+    msk = commands.add_parser(
+        "mask",
+        help="learn a binary mask over nodes that keeps the task's behaviour; save its circuit",
+        description="Train a hard-concrete or sigmoid mask (masks.train_mask) on a task, give "
+        "its kept nodes effects and edges (masks.mask_circuit) and save DIR/circuit.json. The "
+        "training state is saved to DIR/mask.ckpt and a rerun with the same settings resumes "
+        "from it.",
+        formatter_class=fmt,
+    )
+    _model_options(msk)
+    _task_options(msk)
+    msk.add_argument(
+        "--size",
+        type=int,
+        metavar="K",
+        help="target number of kept nodes (default: penalty mode, --penalty sets the size)"
+        + _NO_DEFAULT,
+    )
+    msk.add_argument(
+        "--parametrisation",
+        default="hard-concrete",
+        choices=["hard-concrete", "sigmoid"],
+        help="hard-concrete gates with expected-L0, or sigmoid gates with annealed temperature",
+    )
+    msk.add_argument(
+        "--penalty",
+        type=float,
+        help="size-term weight (default: 0.01 per expected node, 100 on the squared gap to K)"
+        + _NO_DEFAULT,
+    )
+    msk.add_argument(
+        "--objective",
+        default="logit-diff",
+        choices=["logit-diff", "kl"],
+        help="match the full model's logit difference, or its output distribution (KL)",
+    )
+    msk.add_argument(
+        "--ablation",
+        default="position-mean",
+        choices=["position-mean", "mean", "zero", "resample"],
+        help="what masked-out nodes are set to",
+    )
+    msk.add_argument("--keep-errors", action="store_true", help="never mask error nodes")
+    msk.add_argument("--positions", action="store_true", help="one gate per node and position")
+    msk.add_argument("--steps", type=int, default=200, help="optimiser steps (one batch each)")
+    msk.add_argument("--lr", type=float, default=0.1, help="Adam learning rate of the gates")
+    msk.add_argument("--batch-size", type=int, default=16, help="prompt pairs per batch")
+    msk.add_argument("--seed", type=int, default=0, help="seed of the gates' noise")
+    msk.add_argument(
+        "--effects",
+        default="ig",
+        choices=["ig", "atp", "ig-joint", "exact"],
+        help="how the kept nodes' effects and edges are computed",
+    )
+    msk.add_argument(
+        "--edge-threshold", type=float, default=0.01, help="keep edges with |weight| above this"
+    )
+    msk.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    msk.add_argument(
+        "--out", required=True, metavar="DIR", help="write DIR/circuit.json" + _NO_DEFAULT
+    )
+    msk.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (and nothing else)"
+    )
+    msk.set_defaults(run=_mask)
+
+    cmp_ = commands.add_parser(
+        "compare",
+        help="AtP, IG and learned masks head to head: faithfulness and completeness per size",
+        description="Find circuits of each size with each method over SAE features and over "
+        "neurons on one split, score them all with the same ablation on another, and write "
+        "DIR/comparison.{md,json,png} (circuits.compare).",
+        formatter_class=fmt,
+    )
+    _model_options(cmp_)
+    _task_options(cmp_)
+    cmp_.set_defaults(split="train")
+    cmp_.add_argument(
+        "--eval-split",
+        default="test",
+        choices=["train", "test", "generalisation"],
+        help="split the circuits are scored on",
+    )
+    cmp_.add_argument("--eval-n", type=int, default=64, help="score on the first N pairs")
+    cmp_.add_argument(
+        "--nodes",
+        nargs="+",
+        default=["features", "neurons"],
+        choices=["features", "neurons"],
+        help="node sets: the --dictionaries' features, and neurons (identity dictionaries)",
+    )
+    cmp_.add_argument(
+        "--methods",
+        nargs="+",
+        default=["atp", "ig", "hard-concrete", "sigmoid"],
+        choices=["atp", "ig", "hard-concrete", "sigmoid"],
+    )
+    cmp_.add_argument(
+        "--sizes", nargs="+", type=int, default=[5, 10, 20, 50, 100, 200, 500], metavar="K"
+    )
+    cmp_.add_argument(
+        "--ablation",
+        default="position-mean",
+        choices=["position-mean", "mean", "zero", "resample"],
+        help="what nodes outside a circuit are set to (masks and evaluation)",
+    )
+    cmp_.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of ig")
+    cmp_.add_argument("--mask-steps", type=int, default=300, help="optimiser steps per mask")
+    cmp_.add_argument("--batch-size", type=int, default=16, help="prompt pairs per batch")
+    cmp_.add_argument("--seed", type=int, default=0, help="seed of the masks' gates")
+    cmp_.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    cmp_.add_argument(
+        "--out", required=True, metavar="DIR", help="write DIR/comparison.*" + _NO_DEFAULT
+    )
+    cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    cmp_.set_defaults(run=_compare)
 
     abl = commands.add_parser(
         "ablate",
@@ -674,7 +926,12 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument(
         "--nodes", metavar="FILE", help="feature names to ablate, one per line" + _NO_DEFAULT
     )
-    sh.add_argument("--top", type=int, default=50, help="candidates of the automatic rule")
+    sh.add_argument(
+        "--top",
+        type=int,
+        default=1000,
+        help="candidates of the automatic rule: the feature nodes of largest |effect|",
+    )
     sh.add_argument("--threshold", type=float, default=0.2, help="least |2 AUC - 1| for gender")
     sh.add_argument(
         "--texts",

@@ -533,7 +533,7 @@ def shift(
     label: str = "profession",
     attribute: str = "gender",
     nodes: Sequence[str] | None = None,
-    top: int = 50,
+    top: int = 1000,
     threshold: float = 0.2,
     l2: float = 1e-3,
     train_fraction: float = 0.8,

@@ -30,14 +30,18 @@ Steps (`train_mask`):
 
    - task: ``"logit-diff"``: mean over prompts of ``|LD_masked - LD_full|``,
      ``LD = logit[patch answer] - logit[clean answer]``; ``"kl"``: mean over prompts of
-     ``KL(p_full || p_masked)`` at the last position;
+     ``KL(p_full || p_masked)`` at the last position; either divided by ``|m(M) - m(∅)|``, the
+     effect of ablating everything, so the task term is about 1 for an empty mask and 0 for a
+     faithful one on any model (and the default penalties mean the same on every model);
    - size term, penalty mode (``size=None``, ``ramp = 0``): ``penalty * s``, with
      ``s = expected_size()`` (hard-concrete: expected L0; sigmoid: ``Σ g``);
-   - size term, target mode (``size=k``): ``penalty * ((s - t) / N)²`` (``N`` candidates)
-     towards a target ``t`` that falls linearly from ``N`` to ``k`` over the first
+   - size term, target mode (``size=k``): ``penalty * ((s - t) / t)²`` towards a target ``t``
+     that falls geometrically from ``N`` (the number of candidates) to ``k`` over the first
      ``ramp = 0.3 * steps`` steps and then stays at ``k`` (Edge Pruning's target warm-up; a
      fixed quadratic rather than learned Lagrange multipliers, whose integral term winds up
-     during the warm-up and overshoots).
+     during the warm-up and overshoots). The gap is relative to the target, so the pull is the
+     same for ``k = 5`` of 68 candidates and ``k = 500`` of 27,000, and a mask 10 % off its
+     target pays ``penalty / 100`` whatever ``k`` is.
 
    The bar shows the loss, the expected size and ``faith``, the batch's faithfulness with the
    drawn gates, ``(mean m(masked) - m(∅)) / (m(M) - m(∅))`` with the whole task's m(M) and m(∅)
@@ -326,7 +330,7 @@ def train_mask(
         parametrisation: ``"hard-concrete"`` or ``"sigmoid"`` (`masks.gates`).
         size: Target number of kept candidates ``k``; None: penalty mode.
         penalty: Weight of the size term: ``λ`` of ``λ · expected size`` (penalty mode; None:
-            0.01) or ``μ`` of ``μ ((s - t) / N)²`` (target mode; None: 100).
+            0.01) or ``μ`` of ``μ ((s - t) / t)²`` (target mode; None: 100).
         objective: ``"logit-diff"`` (needs patch prompts) or ``"kl"``.
         ablation: What masked-out nodes are set to (`circuits.ablation`): ``"position-mean"``
             (SFC's mean ablation), ``"mean"``, ``"zero"`` or ``"resample"``; means and samples
@@ -387,6 +391,7 @@ def train_mask(
                 "objective 'logit-diff' needs patch prompts; this task has none, use objective='kl'"
             ) from error
         raise
+    scale = abs(evaluator.metric_full - evaluator.metric_empty)  # > 0: Evaluator checks it
     n_pos = evaluator.n_pos if positions else None
     blocks = _layout(dictionaries, evaluator.submodules, n_pos, keep_errors)
     last = blocks[-1]
@@ -460,14 +465,14 @@ def train_mask(
             drawn = _split_gates(gates.gates(True), blocks)
             values = evaluator.values.for_batch(model, dictionaries, batch.clean, key=index)
             logits = run_gated(model, dictionaries, batch.clean, drawn, values)
-            task_loss = _task_loss(logits, info, objective)
+            task_loss = _task_loss(logits, info, objective) / scale
             faith = _faithfulness(logits.detach(), info, evaluator)
             expected = gates.expected_size()
             if size is None:
                 loss = task_loss + penalty * expected
             else:
-                target = n + (size - n) * min(1.0, step / max(ramp, 1))
-                gap = (expected - target) / n
+                target = n * (size / n) ** min(1.0, step / max(ramp, 1))
+                gap = (expected - target) / target
                 loss = task_loss + penalty * gap**2
             optimizer.zero_grad()
             loss.backward()

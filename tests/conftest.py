@@ -180,6 +180,24 @@ def random_saes(model, widths: tuple[int, ...] = (64,), seed: int = 0) -> dict:
     return saes
 
 
+WIDTHS = (48, 40, 24)
+"""SAE widths `sae_dir` cycles through."""
+
+
+@pytest.fixture(scope="session")
+def sae_dir(tiny_model_dir, tmp_path_factory):
+    """`random_saes` of widths `WIDTHS` for the tiny GPT-NeoX, saved in SFC's directory layout."""
+    from circuits.dictionaries import save_dictionary, sfc_directory_name
+    from circuits.models import load_model
+
+    model = load_model(tiny_model_dir("gpt_neox"))
+    saes = random_saes(model, WIDTHS)
+    root = tmp_path_factory.mktemp("saes")
+    for sub in model.submodules:
+        save_dictionary(saes[sub.name], root / sfc_directory_name(sub.kind, sub.layer))
+    return root
+
+
 def small_circuit():
     """A hand-built five-node circuit with edges of both signs and an error node."""
     from circuits.graph import Circuit

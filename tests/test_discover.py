@@ -12,16 +12,15 @@ import json
 
 import networkx as nx
 import pytest
-from conftest import PAIRS, random_saes
+from conftest import PAIRS, WIDTHS, random_saes
 
 from attribution import discover, edge_effects, node_effects, select_nodes
 from circuits.cli import main
-from circuits.dictionaries import load_dictionaries, save_dictionary, sfc_directory_name
+from circuits.dictionaries import load_dictionaries
 from circuits.graph import OUTPUT, Circuit
 from circuits.models import load_model
 from circuits.tasks import PromptPair, load_task
 
-WIDTHS = (48, 40, 24)
 FAST = {"method": "ig", "steps": 3, "batch_size": 2, "progress": False}
 
 
@@ -208,17 +207,6 @@ def test_bad_options_say_what_is_wrong(neox):
 
 # ------------------------------------------------------------------------------------------------
 # The command
-
-
-@pytest.fixture(scope="module")
-def sae_dir(neox, tmp_path_factory):
-    """The random SAEs saved in SFC's directory layout."""
-    root = tmp_path_factory.mktemp("saes")
-    for sub in neox.submodules:
-        save_dictionary(
-            random_saes(neox, WIDTHS)[sub.name], root / sfc_directory_name(sub.kind, sub.layer)
-        )
-    return root
 
 
 def test_cli_discover_end_to_end(tiny_model_dir, sae_dir, tmp_path, capsys):

@@ -9,6 +9,7 @@ uninterrupted run that a resumed one must reproduce bit for bit.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -18,8 +19,10 @@ from conftest import PAIRS, build_tiny_model, make_tiny_tokenizer, random_saes
 import masks.train
 from attribution import edge_effects, node_effects
 from circuits.ablation import ablation_values, keep_nodes, run_ablated
+from circuits.cli import main
 from circuits.dictionaries import Identity
 from circuits.evaluate import evaluate
+from circuits.graph import Circuit
 from circuits.models import load_model
 from circuits.tasks import PromptPair
 from masks import HardConcreteGates, SigmoidGates, mask_circuit, run_gated, train_mask
@@ -225,3 +228,34 @@ def test_gate_formulas():
     hardened = soft.gates(True)
     assert torch.equal(hardened > 0.5, soft.binary())
     assert torch.allclose(soft.expected_size(), hardened.sum())
+
+
+def test_cli_mask_saves_the_circuit_and_resumes(tiny_model_dir, sae_dir, tmp_path, capsys):
+    task = tmp_path / "pairs.jsonl"
+    task.write_text(
+        "".join(
+            json.dumps({k: v for k, v in vars(p).items() if v is not None}) + "\n" for p in PAIRS
+        )
+    )
+    out = tmp_path / "mask"
+    argv = [
+        "mask", "--task", str(task), "--model", str(tiny_model_dir("gpt_neox")),
+        "--dictionaries", str(sae_dir), "--size", "4", "--steps", "10", "--batch-size", "5",
+        "--edge-threshold", "0", "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    circuit = Circuit.load(out / "circuit.json")
+    assert set(circuit.graph) - {"y"} and len(circuit.graph) == 5  # the 4 kept nodes and y
+    assert "mask (hard-concrete): kept 4 of" in text and (out / "mask.ckpt").exists()
+    first = circuit.node_effects()
+
+    # A rerun finds the finished checkpoint and gives the same circuit; --json prints JSON only.
+    assert main([*argv, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kept"] == 4 and summary["file"] == str(out / "circuit.json")
+    assert Circuit.load(out / "circuit.json").node_effects() == first
+
+    # Other settings with the same directory: the checkpoint refuses, and says what to do.
+    assert main([*argv, "--parametrisation", "sigmoid"]) == 2
+    assert "delete it" in capsys.readouterr().err
