@@ -700,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     msk.add_argument("--keep-errors", action="store_true", help="never mask error nodes")
     msk.add_argument("--positions", action="store_true", help="one gate per node and position")
-    msk.add_argument("--steps", type=int, default=200, help="optimiser steps (one batch each)")
+    msk.add_argument("--steps", type=int, default=500, help="optimiser steps (one batch each)")
     msk.add_argument("--lr", type=float, default=0.1, help="Adam learning rate of the gates")
     msk.add_argument("--batch-size", type=int, default=16, help="prompt pairs per batch")
     msk.add_argument("--seed", type=int, default=0, help="seed of the gates' noise")
@@ -763,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what nodes outside a circuit are set to (masks and evaluation)",
     )
     cmp_.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of ig")
-    cmp_.add_argument("--mask-steps", type=int, default=300, help="optimiser steps per mask")
+    cmp_.add_argument("--mask-steps", type=int, default=500, help="optimiser steps per mask")
     cmp_.add_argument("--batch-size", type=int, default=16, help="prompt pairs per batch")
     cmp_.add_argument("--seed", type=int, default=0, help="seed of the masks' gates")
     cmp_.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")

@@ -142,7 +142,7 @@ def compare(
     sizes: Sequence[int] = SIZES,
     ablation: str = "position-mean",
     ig_steps: int = 10,
-    mask_steps: int = 300,
+    mask_steps: int = 500,
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = True,

@@ -22,7 +22,12 @@ Steps (`train_mask`):
    ``keep_errors=True`` error nodes are not candidates; they keep their own value.
 2. **Gates**: logits ``θ`` over the candidates, drawn uniformly in ``[2, 4]`` with ``seed`` (every
    node starts kept; the spread keeps alike nodes from moving in lockstep).
-3. **Train** for ``steps`` Adam steps, cycling through the batches in order. Each step:
+3. **Train** for ``steps`` Adam steps (``betas = (0.9, 0.9)``), cycling through the batches in
+   order. Adam's second-moment memory is short (PyTorch's default β2 is 0.999), so a gate's
+   step size follows the size term once the large early task gradients have passed. Measured
+   on the zoo's 26,637 SAE nodes (sva-rc, 64 train pairs, ``k = 500``, 500 steps, scored on them):
+   faithfulness 0.892 (sigmoid) and 0.814 (hard-concrete) with 0.9, 0.755 and 0.809 with 0.999;
+   at 200 steps with 0.999 the sigmoid mask's expected size collapsed to 9. Each step:
    sigmoid gates set their temperature ``T`` (`masks.gates.SigmoidGates.anneal`: 1 until step
    ``ramp``, then geometric up to 200 at the last step); gates are drawn
    (``gates(training=True)``); the clean batch runs with them (one nnsight trace, `run_gated`);
@@ -94,6 +99,7 @@ _OBJECTIVES = ("logit-diff", "kl")
 _SCHEMA = 1
 _INIT = 3.0
 _RAMP = 0.3  # target mode: the target falls from N to k over this fraction of the steps
+_BETAS = (0.9, 0.9)  # Adam; see step 3 of the module docstring
 
 
 @dataclass(frozen=True, eq=False)
@@ -313,7 +319,7 @@ def train_mask(
     keep_errors: bool = False,
     positions: bool = False,
     submodules: Iterable[str] | None = None,
-    steps: int = 200,
+    steps: int = 500,
     lr: float = 0.1,
     batch_size: int = 16,
     seed: int = 0,
@@ -404,7 +410,7 @@ def train_mask(
     # 2. Gates.
     gates = PARAMETRISATIONS[parametrisation](n, init=_INIT, seed=seed)
     gates.to(model.device)
-    optimizer = torch.optim.Adam(gates.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(gates.parameters(), lr=lr, betas=_BETAS)
     history: list[float] = []
     sizes: list[float] = []
     start = 0
