@@ -273,31 +273,24 @@ def _compare(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = comparison.to_dict()
-    record["settings"].update(
-        task=args.task,
-        find_split=args.split,
-        eval_split=args.eval_split,
-        model=str(args.model),
-        dictionaries=str(args.dictionaries),
-        wall_time_s=round(time.perf_counter() - start, 1),
-    )
     title = f"{args.task}: {args.split} → {args.eval_split}, {args.ablation} ablation"
-    files = {
-        "json": out / "comparison.json",
-        "table": out / "comparison.md",
-        "plot": comparison.plot(out / "comparison.png", title=title),
+    settings = {
+        "task": args.task,
+        "find_split": args.split,
+        "eval_split": args.eval_split,
+        "model": str(args.model),
+        "dictionaries": str(args.dictionaries),
+        "wall_time_s": round(time.perf_counter() - start, 1),
     }
-    files["json"].write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-    files["table"].write_text(f"{title}\n\n{comparison.table()}\n")
+    files = comparison.save(args.out, title=title, settings=settings)
     if args.json:
+        record = comparison.to_dict()
+        record["settings"].update(settings)
         print(json.dumps({**record, "files": {k: str(v) for k, v in files.items()}}, indent=1))
         return 0
     print(title)
     print(comparison.table())
-    print(f"wall time: {record['settings']['wall_time_s']:.0f} s")
+    print(f"wall time: {settings['wall_time_s']:.0f} s")
     print(f"saved: {', '.join(str(v) for v in files.values())}")
     return 0
 

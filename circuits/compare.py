@@ -19,6 +19,7 @@ smallest ``k`` of ``sizes`` whose circuit reaches faithfulness 0.9.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,28 @@ class Comparison:
                 for c in self.curves
             ],
         }
+
+    def save(
+        self, directory: str | Path, *, title: str, settings: Mapping[str, Any] | None = None
+    ) -> dict[str, Path]:
+        """Write ``comparison.md`` (``title`` and `table`), ``comparison.json`` (`to_dict`, its
+        settings updated with ``settings``) and ``comparison.png`` (`plot`) into ``directory``.
+
+        Returns:
+            ``{"table": path, "json": path, "plot": path}``.
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        record = self.to_dict()
+        record["settings"].update(settings or {})
+        files = {
+            "table": out / "comparison.md",
+            "json": out / "comparison.json",
+            "plot": self.plot(out / "comparison.png", title=title),
+        }
+        files["table"].write_text(f"{title}\n\n{self.table()}\n")
+        files["json"].write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        return files
 
     def plot(self, path: str | Path, *, title: str | None = None) -> Path:
         """Faithfulness and completeness against size, one line per (nodes, method)."""

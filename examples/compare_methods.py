@@ -14,7 +14,6 @@ The same for one task from the command line:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import circuits
@@ -46,12 +45,8 @@ def main() -> None:
             mask_steps=args.mask_steps,
             progress=False,
         )
-        out = Path(args.out) / task
-        out.mkdir(parents=True, exist_ok=True)
         title = f"{task}: train → test, position-mean ablation"
-        comparison.plot(out / "comparison.png", title=title)
-        (out / "comparison.json").write_text(json.dumps(comparison.to_dict(), indent=1) + "\n")
-        (out / "comparison.md").write_text(f"{title}\n\n{comparison.table()}\n")
+        comparison.save(Path(args.out) / task, title=title, settings={"task": task})
         print(f"## {title}\n\n{comparison.table()}\n", flush=True)
 
 

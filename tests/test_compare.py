@@ -94,8 +94,13 @@ def test_table_json_and_plot(comparison, tmp_path):
     assert record["sizes"] == list(SIZES)
     assert record["settings"]["n_find"] == record["settings"]["n_eval"] == len(PAIRS)
     assert len(record["curves"]) == 2 * len(METHODS)
-    path = comparison.plot(tmp_path / "c.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    files = comparison.save(tmp_path / "out", title="tiny", settings={"task": "pairs"})
+    assert files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert files["table"].read_text() == f"tiny\n\n{table}\n"
+    saved = json.loads(files["json"].read_text())
+    assert saved["settings"]["task"] == "pairs" and saved["curves"] == json.loads(
+        json.dumps(record["curves"])
+    )
 
 
 def test_bad_inputs(neox, node_sets):
