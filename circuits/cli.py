@@ -58,6 +58,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 _METRICS = {"logit-diff": "logit_diff", "logprob": "answer_logprob", "kl": "kl_to_clean"}
+_ABLATIONS = ["position-mean", "mean", "zero", "resample"]  # circuits.ablation's kinds
 # Ends a help text whose option has no default worth showing: it prints nothing, and stops
 # ArgumentDefaultsHelpFormatter from appending "(default: None)".
 _NO_DEFAULT = "%(default).0s"
@@ -527,6 +528,15 @@ def _task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=64, help="use the first N prompt pairs")
 
 
+def _output_options(parser: argparse.ArgumentParser, files: str) -> None:
+    """--no-progress, --out DIR and --json, for the commands that write a directory."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    parser.add_argument("--out", required=True, metavar="DIR", help=f"write {files}" + _NO_DEFAULT)
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as JSON (and nothing else)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
@@ -598,13 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument(
         "--no-edges", action="store_true", help="node effects only: no edges, no pruning"
     )
-    disc.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    disc.add_argument(
-        "--out", required=True, metavar="DIR", help="write DIR/circuit.json" + _NO_DEFAULT
-    )
-    disc.add_argument(
-        "--json", action="store_true", help="print the summary as JSON (and nothing else)"
-    )
+    _output_options(disc, "DIR/circuit.json")
     disc.set_defaults(run=_discover)
 
     ev = commands.add_parser(
@@ -621,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--ablation",
         default="position-mean",
-        choices=["position-mean", "mean", "zero", "resample"],
+        choices=_ABLATIONS,
         help="what ablated nodes are set to (position-mean over the patch prompts is SFC's "
         "mean ablation)",
     )
@@ -688,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     msk.add_argument(
         "--ablation",
         default="position-mean",
-        choices=["position-mean", "mean", "zero", "resample"],
+        choices=_ABLATIONS,
         help="what masked-out nodes are set to",
     )
     msk.add_argument("--keep-errors", action="store_true", help="never mask error nodes")
@@ -706,13 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     msk.add_argument(
         "--edge-threshold", type=float, default=0.01, help="keep edges with |weight| above this"
     )
-    msk.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    msk.add_argument(
-        "--out", required=True, metavar="DIR", help="write DIR/circuit.json" + _NO_DEFAULT
-    )
-    msk.add_argument(
-        "--json", action="store_true", help="print the summary as JSON (and nothing else)"
-    )
+    _output_options(msk, "DIR/circuit.json")
     msk.set_defaults(run=_mask)
 
     cmp_ = commands.add_parser(
@@ -752,18 +750,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument(
         "--ablation",
         default="position-mean",
-        choices=["position-mean", "mean", "zero", "resample"],
+        choices=_ABLATIONS,
         help="what nodes outside a circuit are set to (masks and evaluation)",
     )
     cmp_.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of ig")
     cmp_.add_argument("--mask-steps", type=int, default=500, help="optimiser steps per mask")
     cmp_.add_argument("--batch-size", type=int, default=16, help="prompt pairs per batch")
     cmp_.add_argument("--seed", type=int, default=0, help="seed of the masks' gates")
-    cmp_.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    cmp_.add_argument(
-        "--out", required=True, metavar="DIR", help="write DIR/comparison.*" + _NO_DEFAULT
-    )
-    cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _output_options(cmp_, "DIR/comparison.{md,json,png}")
     cmp_.set_defaults(run=_compare)
 
     abl = commands.add_parser(
