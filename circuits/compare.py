@@ -51,7 +51,7 @@ class MethodCurve:
     Attributes:
         nodes: Label of the node set (``"features"``, ``"neurons"``).
         method: One of `METHODS`.
-        points: One `CurvePoint` per size.
+        points: One `CurvePoint` per size (sizes larger than the node set are left out).
         seconds: Wall time of finding the circuits (effects or mask training), scoring excluded.
     """
 
@@ -93,7 +93,7 @@ class Comparison:
             "|---|---|" + "---:|" * (len(self.sizes) + 4),
         ]
         for curve in self.curves:
-            cells = " | ".join(f"{p.faithfulness:.3f}" for p in curve.points)
+            cells = self._cells(curve, "faithfulness")
             areas = " | ".join("—" if a is None else f"{a:.2e}" for a in (curve.cpr, curve.cmd))
             k = curve.smallest_faithful
             lines.append(
@@ -103,9 +103,14 @@ class Comparison:
         lines += ["", "Completeness (0 is ideal):", "", f"| nodes | method | {head} |"]
         lines.append("|---|---|" + "---:|" * len(self.sizes))
         for curve in self.curves:
-            cells = " | ".join(f"{p.completeness:.3f}" for p in curve.points)
+            cells = self._cells(curve, "completeness")
             lines.append(f"| {curve.nodes} | {curve.method} | {cells} |")
         return "\n".join(lines)
+
+    def _cells(self, curve: MethodCurve, key: str) -> str:
+        """One table cell per size; "—" past the node set's size."""
+        values = [f"{getattr(p, key):.3f}" for p in curve.points]
+        return " | ".join(values + ["—"] * (len(self.sizes) - len(values)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,7 +184,8 @@ def compare(
         task: Prompt pairs the circuits are found on (effects, mask training).
         eval_task: Prompt pairs they are scored on; None: ``task``.
         methods: A subset of `METHODS`, in the order the rows should appear.
-        sizes: Circuit sizes ``k`` (positive integers, increasing).
+        sizes: Circuit sizes ``k`` (positive integers, increasing); those larger than a node
+            set's number of nodes are skipped for that set.
         ablation: What nodes outside a circuit are set to, in masks and in the evaluation.
         ig_steps: Interpolation steps of ``"ig"``.
         mask_steps: Optimiser steps of each mask.
@@ -188,8 +194,8 @@ def compare(
         progress: Progress bars on stderr.
 
     Raises:
-        ValueError: an unknown method, no node set, or sizes that are not increasing positive
-            integers no larger than a node set's number of nodes.
+        ValueError: an unknown method, no node set, sizes that are not increasing positive
+            integers, or a node set smaller than every size.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -217,9 +223,10 @@ def compare(
             seed=seed,
         )
         totals[label] = evaluator.n_total
-        if sizes[-1] > evaluator.n_total:
+        usable = tuple(k for k in sizes if k <= evaluator.n_total)
+        if not usable:
             raise ValueError(
-                f"size {sizes[-1]} exceeds the {evaluator.n_total} nodes of node set {label!r}"
+                f"every size exceeds the {evaluator.n_total} nodes of node set {label!r}"
             )
         for method in methods:
             start = time.perf_counter()
@@ -234,7 +241,7 @@ def compare(
                     progress=progress,
                 ).nodes()
                 seconds = time.perf_counter() - start
-                points = evaluator.curve(effects, sizes=sizes)
+                points = evaluator.curve(effects, sizes=usable)
             else:
                 kept = [
                     train_mask(
@@ -249,7 +256,7 @@ def compare(
                         seed=seed,
                         progress=progress,
                     ).nodes
-                    for k in sizes
+                    for k in usable
                 ]
                 seconds = time.perf_counter() - start
                 points = [_point(evaluator, nodes) for nodes in kept]

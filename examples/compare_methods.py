@@ -1,6 +1,6 @@
 """AtP, IG and learned masks head to head on the zoo's subject-verb agreement tasks.
 
-For each task: circuits of k nodes (k = 5 ... 500, and 1,000) found on the train split with
+For each task: circuits of k nodes (k = 5 ... 500, and 1,000 and 2,000) found on the train split with
 attribution patching, integrated gradients, a hard-concrete mask and a sigmoid mask, over SAE
 features and over neurons, all scored on the test split with position-mean ablation. Writes
 ``out/compare/<task>/comparison.{md,json,png}`` and prints each table.
@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["sva-rc", "sva-nounpp"])
     parser.add_argument("--n", type=int, default=64, help="prompt pairs per split")
-    parser.add_argument("--sizes", nargs="+", type=int, default=[*SIZES, 1000])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[*SIZES, 1000, 2000])
     parser.add_argument("--mask-steps", type=int, default=500)
     parser.add_argument("--out", default="out/compare")
     args = parser.parse_args()

@@ -103,12 +103,25 @@ def test_table_json_and_plot(comparison, tmp_path):
     )
 
 
+def test_sizes_past_a_node_set_are_left_out(neox, node_sets):
+    n_neurons = sum(d.width + 1 for d in node_sets["neurons"].values())
+    n_features = sum(d.width + 1 for d in node_sets["features"].values())
+    assert n_neurons < n_features
+    sizes = (2, n_neurons + 1)
+    options = {**FAST, "sizes": sizes, "methods": ["atp"]}
+    comparison = compare(neox, node_sets, PAIRS, **options)
+    features, neurons = comparison.curves
+    assert [p.size for p in features.points] == list(sizes)
+    assert [p.size for p in neurons.points] == [2] and neurons.cpr is None
+    assert f"| neurons | atp | {neurons.points[0].faithfulness:.3f} | — |" in comparison.table()
+
+
 def test_bad_inputs(neox, node_sets):
     with pytest.raises(ValueError, match="unknown method"):
         compare(neox, node_sets, PAIRS, methods=["magic"], **FAST)
     with pytest.raises(ValueError, match="increasing positive integers"):
         compare(neox, node_sets, PAIRS, **{**FAST, "sizes": (6, 2)})
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(ValueError, match="every size exceeds"):
         compare(neox, node_sets, PAIRS, **{**FAST, "sizes": (10**6,)})
     with pytest.raises(ValueError, match="node set"):
         compare(neox, {}, PAIRS, **FAST)
