@@ -1,7 +1,7 @@
 """AtP, IG and learned masks head to head on the zoo's subject-verb agreement tasks.
 
-For each task: circuits of k nodes (k = 5 ... 500, and 1,000 and 2,000) found on the train split with
-attribution patching, integrated gradients, a hard-concrete mask and a sigmoid mask, over SAE
+For each task: circuits of k nodes (k = 5 ... 500, 1,000 and 2,000) found on the train split
+with attribution patching, integrated gradients, a hard-concrete mask and a sigmoid mask, over SAE
 features and over neurons, all scored on the test split with position-mean ablation. Writes
 ``out/compare/<task>/comparison.{md,json,png}`` and prints each table.
 
