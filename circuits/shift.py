@@ -551,7 +551,8 @@ def shift(
         layer: The probe reads ``resid_{layer}``; None: ``n_layers // 2``.
         label, attribute: Label keys of the texts.
         nodes: Feature nodes to ablate; None: the automatic rule.
-        top: Candidates of the automatic rule (feature nodes by |effect|).
+        top: Candidates of the automatic rule (feature nodes by |effect|); the default suits
+            wide circuits such as the zoo's (docs/shift.md measures 50, 200 and 1,000).
         threshold: Least attribute separation ``|2 AUC - 1|`` of a selected feature.
         l2: Probe L2 penalty.
         train_fraction: Ambiguous texts used to train (the rest measure the probe).
