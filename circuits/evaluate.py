@@ -318,12 +318,16 @@ class Evaluator:
             n_pos=self.n_pos if positioned else None,
         )
 
+    def ratio(self, metric: float) -> float:
+        """``(metric - m(∅)) / (m(M) - m(∅))``: faithfulness of a circuit whose mean metric is
+        ``metric`` (completeness for the metric of a complement)."""
+        return (metric - self.metric_empty) / (self.metric_full - self.metric_empty)
+
     def score(self, keep: Mapping[str, Keep]) -> tuple[float, float, float, float]:
         """``(faithfulness, completeness, m(C), m(M \\ C))`` of masks."""
-        span = self.metric_full - self.metric_empty
         m_c = self.mean_metric(keep)
         m_rest = self.mean_metric(complement(keep))
-        return (m_c - self.metric_empty) / span, (m_rest - self.metric_empty) / span, m_c, m_rest
+        return self.ratio(m_c), self.ratio(m_rest), m_c, m_rest
 
     def evaluate(self, circuit: Circuit | Iterable[str]) -> Evaluation:
         """Faithfulness and completeness of ``circuit`` (a `Circuit` or node names)."""

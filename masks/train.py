@@ -269,12 +269,6 @@ def _task_loss(logits: Tensor, info: BatchInfo, objective: str) -> Tensor:
     return (logit_diff(logits, info) - logit_diff(info.clean_logits, info)).abs().mean()
 
 
-def _faithfulness(logits: Tensor, info: BatchInfo, evaluator: Evaluator) -> float:
-    """One batch's ``(mean m - m(∅)) / (m(M) - m(∅))`` with the task's m(M) and m(∅)."""
-    span = evaluator.metric_full - evaluator.metric_empty
-    return (float(evaluator.metric(logits, info).double().mean()) - evaluator.metric_empty) / span
-
-
 def _fingerprint(evaluator: Evaluator) -> str:
     """A hash of the tokenised prompts and answers, so a checkpoint is not resumed on other data."""
     digest = hashlib.sha256()
@@ -472,7 +466,7 @@ def train_mask(
             values = evaluator.values.for_batch(model, dictionaries, batch.clean, key=index)
             logits = run_gated(model, dictionaries, batch.clean, drawn, values)
             task_loss = _task_loss(logits, info, objective) / scale
-            faith = _faithfulness(logits.detach(), info, evaluator)
+            faith = evaluator.ratio(float(evaluator.metric(logits.detach(), info).mean()))
             expected = gates.expected_size()
             if size is None:
                 loss = task_loss + penalty * expected
