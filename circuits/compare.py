@@ -28,6 +28,7 @@ from typing import Any
 
 from attribution.batches import TaskLike
 from attribution.nodes import node_effects
+from circuits.ablation import Ablation
 from circuits.dictionaries import Dictionary
 from circuits.evaluate import CurvePoint, Evaluator, cmd, cpr
 from circuits.models import Model
@@ -168,7 +169,7 @@ def compare(
     eval_task: TaskLike | None = None,
     methods: Sequence[str] = METHODS,
     sizes: Sequence[int] = SIZES,
-    ablation: str = "position-mean",
+    ablation: Ablation = "position-mean",
     ig_steps: int = 10,
     mask_steps: int = 500,
     batch_size: int = 16,
@@ -211,6 +212,8 @@ def compare(
         raise ValueError(f"sizes must be increasing positive integers, got {list(sizes)}")
     if not isinstance(task, (Task, Sequence)):
         task = list(task)  # read once per method
+    if eval_task is not None and not isinstance(eval_task, (Task, Sequence)):
+        eval_task = list(eval_task)  # read once per node set
     curves = []
     totals = {}
     for label, dictionaries in node_sets.items():
@@ -250,7 +253,7 @@ def compare(
                         task,
                         parametrisation=method,  # type: ignore[arg-type]
                         size=k,
-                        ablation=ablation,  # type: ignore[arg-type]
+                        ablation=ablation,
                         steps=mask_steps,
                         batch_size=batch_size,
                         seed=seed,
