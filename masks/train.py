@@ -29,8 +29,8 @@ Steps (`train_mask`):
    faithfulness 0.892 (sigmoid) and 0.814 (hard-concrete) with 0.9 (``circuits mask --task
    sva-rc --split train --size 500 [--parametrisation sigmoid]``), 0.755 and 0.809 with ``_BETAS``
    set to 0.999; at 200 steps with 0.999 the sigmoid mask's expected size collapsed to 9.
-   Each step: sigmoid gates set their temperature ``T`` (`masks.gates.SigmoidGates.anneal`: 1 until step
-   ``ramp``, then geometric up to 200 at the last step); gates are drawn
+   Each step: sigmoid gates set their temperature ``T`` (`masks.gates.SigmoidGates.anneal`: 1
+   until step ``ramp``, then geometric up to 200 at the last step); gates are drawn
    (``gates(training=True)``); the clean batch runs with them (one nnsight trace, `run_gated`);
    the loss is ``task + size term`` with
 
