@@ -47,7 +47,6 @@ from tqdm.auto import tqdm
 from attribution.batches import PairBatch
 from attribution.effects import BatchEffects
 from attribution.splice import (
-    Endpoints,
     Values,
     contract,
     endpoints,
@@ -123,15 +122,6 @@ def mean_gradients(
     return out
 
 
-def _result(ends: Endpoints, features: dict, errors: dict) -> BatchEffects:
-    return BatchEffects(
-        features=features,
-        errors=errors,
-        metric_clean=ends.metric_clean,
-        metric_patch=ends.metric_patch,
-    )
-
-
 def ig_effects(
     model: Model,
     dictionaries: Mapping[str, Dictionary],
@@ -156,29 +146,7 @@ def ig_effects(
     Returns:
         `BatchEffects`: ``[batch, pos, width]`` feature and ``[batch, pos]`` error effects.
     """
-    _check_steps(steps)
-    # 1. Both ends.
-    ends = endpoints(model, dictionaries, batch, submodules, metric)
-    # 2-3. Per submodule, one forward of steps * batch rows along its path and one backward.
-    grads = mean_gradients(
-        model,
-        dictionaries,
-        batch.clean,
-        ends.clean,
-        ends.patch,
-        ends.info,
-        metric,
-        steps=steps,
-        targets=submodules,
-        joint=False,
-        progress=progress,
-    )
-    features, errors = {}, {}
-    for name in submodules:  # effect = mean gradient * (patch - clean)
-        features[name], errors[name] = contract(
-            ends.clean[name], ends.patch[name], grads[name], batch.mask
-        )
-    return _result(ends, features, errors)
+    return _effects(model, dictionaries, batch, metric, submodules, steps, False, progress)
 
 
 def ig_joint_effects(
@@ -194,8 +162,24 @@ def ig_joint_effects(
 
     Same arguments and result as `ig_effects`; see the module docstring for how the two differ.
     """
+    return _effects(model, dictionaries, batch, metric, submodules, steps, True, False)
+
+
+def _effects(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    batch: PairBatch,
+    metric: Metric,
+    submodules: Sequence[str],
+    steps: int,
+    joint: bool,
+    progress: bool,
+) -> BatchEffects:
+    """Steps 1-3 of the module docstring for ``ig`` (``joint=False``) or ``ig-joint``."""
     _check_steps(steps)
+    # 1. Both ends.
     ends = endpoints(model, dictionaries, batch, submodules, metric)
+    # 2-3. The mean gradient of every node along its path (one pass per submodule, or one).
     grads = mean_gradients(
         model,
         dictionaries,
@@ -206,11 +190,17 @@ def ig_joint_effects(
         metric,
         steps=steps,
         targets=submodules,
-        joint=True,
+        joint=joint,
+        progress=progress,
     )
     features, errors = {}, {}
-    for name in submodules:
+    for name in submodules:  # effect = mean gradient * (patch - clean)
         features[name], errors[name] = contract(
             ends.clean[name], ends.patch[name], grads[name], batch.mask
         )
-    return _result(ends, features, errors)
+    return BatchEffects(
+        features=features,
+        errors=errors,
+        metric_clean=ends.metric_clean,
+        metric_patch=ends.metric_patch,
+    )
