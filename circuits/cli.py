@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ def _info(args: argparse.Namespace) -> int:
     from circuits.dictionaries import load_dictionaries
     from circuits.models import load_model
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     dictionaries = load_dictionaries(model, args.dictionaries)
     rows = []
     for sub in model.submodules:
@@ -75,7 +76,7 @@ def _discover(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     task = load_task(args.task, args.split, n=args.n)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     dictionaries = load_dictionaries(model, args.dictionaries)
     circuit = discover(
         model,
@@ -126,7 +127,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     circuit = Circuit.load(args.circuit)
     task = load_task(args.task, args.split, n=args.n)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     dictionaries = load_dictionaries(model, args.dictionaries)
     evaluator = Evaluator(
         model,
@@ -182,7 +183,7 @@ def _mask(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     task = load_task(args.task, args.split, n=args.n)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     dictionaries = load_dictionaries(model, args.dictionaries)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -246,7 +247,7 @@ def _mask(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import time
 
-    from circuits.compare import compare
+    from circuits.compare import compare, plan
     from circuits.dictionaries import load_dictionaries
     from circuits.models import load_model
     from circuits.tasks import load_task
@@ -254,26 +255,36 @@ def _compare(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     find = load_task(args.task, args.split, n=args.n)
     score = load_task(args.task, args.eval_split, n=args.eval_n)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     node_sets = {}
     if "features" in args.nodes:
         node_sets["features"] = load_dictionaries(model, args.dictionaries)
     if "neurons" in args.nodes:
         node_sets["neurons"] = load_dictionaries(model, "neurons")
-    comparison = compare(
-        model,
-        node_sets,
-        find,
-        eval_task=score,
-        methods=args.methods,
-        sizes=args.sizes,
-        ablation=args.ablation,
-        ig_steps=args.ig_steps,
-        mask_steps=args.mask_steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    rows = Path(args.out) / "rows.jsonl"
+    options = {
+        "eval_task": score,
+        "methods": args.methods,
+        "sizes": args.sizes,
+        "ablation": args.ablation,
+        "ig_steps": args.ig_steps,
+        "mask_steps": args.mask_steps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "model_name": str(args.model),
+        "rows": rows,
+    }
+    print(f"plan: {plan(model, node_sets, find, **options).describe()}", file=sys.stderr)
+    try:
+        comparison = compare(model, node_sets, find, **options, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        saved = plan(model, node_sets, find, **options)
+        print(
+            f"interrupted: {len(saved.finished)} of {len(saved.keys)} rows saved in {rows}; "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
     title = f"{args.task}: {args.split} → {args.eval_split}, {args.ablation} ablation"
     settings = {
         "task": args.task,
@@ -304,20 +315,20 @@ def _ablate(args: argparse.Namespace) -> int:
     from circuits.models import load_model
 
     nodes = read_nodes(args.nodes)
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     dictionaries = load_dictionaries(model, args.dictionaries)
     values = None
-    if args.how == "mean":
+    if args.ablation == "mean":
         subs = sorted({parse_node_name(n).submodule for n in nodes})
         reference = model.tokenize([args.prompt])
         values = ablation_values(model, dictionaries, reference, "mean", submodules=subs)
-    edit = Ablate(nodes, how=args.how, values=values)
+    edit = Ablate(nodes, how=args.ablation, values=values)
     result = next_token_change(model, dictionaries, args.prompt, [edit], top=args.top)
-    result = {"nodes": len(nodes), "how": args.how, **result}
+    result = {"nodes": len(nodes), "ablation": args.ablation, **result}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{args.prompt!r}: {len(nodes)} nodes {args.how}-ablated")
+    print(f"{args.prompt!r}: {len(nodes)} nodes {args.ablation}-ablated")
     for title, rows in (("before", result["before"]), ("after", result["after"])):
         print(f"{f'top tokens {title}:':<19}{'token':<16}{'before':>9}{'after':>9}{'change':>9}")
         for r in rows:
@@ -416,13 +427,13 @@ def _dashboard(args: argparse.Namespace) -> int:
     nodes = list(dict.fromkeys(name.split("@", 1)[0] for name in nodes))
     if not nodes:
         raise ValueError("name at least one NODE, or a circuit with --circuit")
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     boards = dashboards(
         model,
         load_dictionaries(model, args.dictionaries),
         nodes,
         docs,
-        top_k=args.top_k,
+        top_k=args.contexts,
         batch_size=args.batch_size,
         cache_dir=None if args.no_cache else Path(args.cache_dir or default_cache_dir()),
     )
@@ -447,7 +458,7 @@ def _shift(args: argparse.Namespace) -> int:
     from circuits.tasks import read_texts
 
     nodes = read_nodes(args.nodes) if args.nodes else None
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     dictionaries = load_dictionaries(model, args.dictionaries)
     report = shift(
         model,
@@ -484,7 +495,7 @@ def _zoo_build(args: argparse.Namespace) -> int:
 
 
 def _zoo_info(args: argparse.Namespace) -> int:
-    from circuits.zoo.build import DATA_DIR
+    from circuits.zoo import DATA_DIR
 
     path = Path(args.dir or DATA_DIR) / "card.json"
     if not path.exists():
@@ -496,13 +507,14 @@ def _zoo_info(args: argparse.Namespace) -> int:
 
 
 def _card_text(card: dict) -> str:
-    from circuits.zoo.card import card_markdown
+    from circuits.zoo.card_text import card_markdown
 
     return card_markdown(card)
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --dictionaries and --device, the same for every command that loads a model."""
+    """--model, --dictionaries, --device, --dtype, --threads and --no-progress, the same for
+    every command that loads a model."""
     parser.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
     parser.add_argument(
         "--dictionaries",
@@ -510,6 +522,33 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         help="'zoo', 'neurons' (identity: neuron nodes) or a directory in SFC's layout",
     )
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        help="cast the model's weights (default: the checkpoint's dtype)" + _NO_DEFAULT,
+    )
+    _process_options(parser)
+
+
+def _process_options(parser: argparse.ArgumentParser) -> None:
+    """--threads and --no-progress, for every command that computes."""
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="torch intra-op CPU threads (default: torch's, one per core; on a busy machine "
+        "fewer is often faster)" + _NO_DEFAULT,
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars on stderr (tqdm's included)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _task_options(parser: argparse.ArgumentParser) -> None:
@@ -529,8 +568,7 @@ def _task_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _output_options(parser: argparse.ArgumentParser, files: str) -> None:
-    """--no-progress, --out DIR and --json, for the commands that write a directory."""
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    """--out DIR and --json, for the commands that write a directory."""
     parser.add_argument("--out", required=True, metavar="DIR", help=f"write {files}" + _NO_DEFAULT)
     parser.add_argument(
         "--json", action="store_true", help="print the result as JSON (and nothing else)"
@@ -648,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="draw the --sizes curve to FILE (.png/.svg/.pdf)" + _NO_DEFAULT,
     )
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--batch-size", type=int, default=16, help="prompt pairs per forward")
     ev.add_argument("--seed", type=int, default=0, help="seed of resample ablation")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(run=_evaluate)
@@ -718,7 +756,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="AtP, IG and learned masks head to head: faithfulness and completeness per size",
         description="Find circuits of each size with each method over SAE features and over "
         "neurons on one split, score them all with the same ablation on another, and write "
-        "DIR/comparison.{md,json,png} (circuits.compare).",
+        "DIR/comparison.{md,json,png} (circuits.compare). Each scored row is appended to "
+        "DIR/rows.jsonl as soon as it lands, so a run stopped (Ctrl-C, a kill) resumes when "
+        "the same command is run again; delete that file to start afresh.",
         formatter_class=fmt,
     )
     _model_options(cmp_)
@@ -743,9 +783,15 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["atp", "ig", "hard-concrete", "sigmoid"],
         choices=["atp", "ig", "hard-concrete", "sigmoid"],
+        help="circuit-finding methods: attribution patching, integrated gradients, two masks",
     )
     cmp_.add_argument(
-        "--sizes", nargs="+", type=int, default=[5, 10, 20, 50, 100, 200, 500], metavar="K"
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=[5, 10, 20, 50, 100, 200, 500],
+        metavar="K",
+        help="circuit sizes (nodes)",
     )
     cmp_.add_argument(
         "--ablation",
@@ -757,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--mask-steps", type=int, default=500, help="optimiser steps per mask")
     cmp_.add_argument("--batch-size", type=int, default=16, help="prompt pairs per batch")
     cmp_.add_argument("--seed", type=int, default=0, help="seed of the masks' gates")
-    _output_options(cmp_, "DIR/comparison.{md,json,png}")
+    _output_options(cmp_, "DIR/rows.jsonl and DIR/comparison.{md,json,png}")
     cmp_.set_defaults(run=_compare)
 
     abl = commands.add_parser(
@@ -777,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     abl.add_argument("--prompt", required=True, help="the prompt" + _NO_DEFAULT)
     abl.add_argument(
-        "--how",
+        "--ablation",
         default="zero",
         choices=["zero", "mean"],
         help="set nodes to 0, or to their mean over the prompt's tokens",
@@ -886,7 +932,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dash.add_argument("--docs", type=int, default=256, help="number of corpus documents")
     dash.add_argument("--seed", type=int, default=1, help="seed of the zoo corpus")
-    dash.add_argument("--top-k", type=int, default=10, help="top contexts per node")
+    dash.add_argument(
+        "--contexts", type=_positive_int, default=10, metavar="N", help="top contexts per node"
+    )
     dash.add_argument("--batch-size", type=int, default=16, help="documents per forward")
     dash.add_argument(
         "--cache-dir",
@@ -925,7 +973,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="bios",
         help="'bios', or a directory holding ambiguous.jsonl and balanced.jsonl",
     )
-    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument(
+        "--seed", type=int, default=0, help="seed of the probes, the splits and the Random row"
+    )
     sh.add_argument("--json", action="store_true", help="print the report as JSON")
     sh.set_defaults(run=_shift)
 
@@ -937,9 +987,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     zoo_build.add_argument("--quick", action="store_true", help="tiny sizes, seconds not minutes")
     zoo_build.add_argument("--out", help="output directory (default: the package's zoo)")
-    zoo_build.add_argument("--seed", type=int, default=0)
+    zoo_build.add_argument(
+        "--seed", type=int, default=0, help="seed of the language, the model and the SAEs"
+    )
     zoo_build.add_argument("--force", action="store_true", help="rebuild finished stages too")
     zoo_build.add_argument("--json", action="store_true", help="print the card as JSON")
+    _process_options(zoo_build)
     zoo_build.set_defaults(run=_zoo_build)
     zoo_info = zoo.add_parser(
         "info", help="print the zoo's measured model card", formatter_class=fmt
@@ -956,11 +1009,45 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    restore = _apply_process_options(args)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as exc:  # the library's errors say what to do
         print(f"circuits: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        restore()
+
+
+def _apply_process_options(args: argparse.Namespace):
+    """Apply --threads and --no-progress to this process; returns a function that undoes them
+    (so that calling `main` from Python leaves no trace)."""
+    undo = []
+    if getattr(args, "no_progress", False):
+        from transformers.utils import logging
+
+        # TQDM_DISABLE reaches every tqdm bar created after tqdm is imported (the zoo build's);
+        # transformers' weight-loading bar has its own switch.
+        previous = os.environ.get("TQDM_DISABLE")
+        os.environ["TQDM_DISABLE"] = "1"
+        logging.disable_progress_bar()
+        undo.append(logging.enable_progress_bar)
+        if previous is None:
+            undo.append(lambda: os.environ.pop("TQDM_DISABLE", None))
+        else:
+            undo.append(lambda: os.environ.__setitem__("TQDM_DISABLE", previous))
+    if getattr(args, "threads", None):
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        undo.append(lambda: torch.set_num_threads(threads))
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    return restore
 
 
 if __name__ == "__main__":

@@ -15,27 +15,38 @@ CPR and CMD are MIB's trapezoid areas over the fraction axis ``k / N`` (``N`` ev
 the node set), here over the span of ``sizes`` only, so they compare methods within a node set,
 not feature circuits with neuron circuits (their ``N`` differ). ``smallest_faithful`` is the
 smallest ``k`` of ``sizes`` whose circuit reaches faithfulness 0.9.
+
+A comparison is made of rows, one per (node set, method, size): a `CurvePoint` and the seconds
+its circuit took to find. With ``rows=PATH`` each row is appended to a JSON-lines file as soon as
+it is scored (flushed and synced), after a header that records the settings deciding the result;
+a later call with the same settings reads those rows back and computes only the missing ones, so
+an interrupted run resumes where it stopped. `plan` lists the rows and how many are done.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import torch
 
 from attribution.batches import TaskLike
 from attribution.nodes import node_effects
+from attribution.splice import check_submodules
 from circuits.ablation import Ablation
 from circuits.dictionaries import Dictionary
 from circuits.evaluate import CurvePoint, Evaluator, cmd, cpr
 from circuits.models import Model
-from circuits.tasks import Task
+from circuits.tasks import PromptPair, Task
 from masks.train import train_mask
 
-__all__ = ["METHODS", "SIZES", "Comparison", "MethodCurve", "compare"]
+__all__ = ["METHODS", "SIZES", "Comparison", "MethodCurve", "Plan", "Row", "compare", "plan"]
 
 METHODS: tuple[str, ...] = ("atp", "ig", "hard-concrete", "sigmoid")
 """Methods `compare` knows: two attribution methods and two mask parametrisations."""
@@ -43,6 +54,102 @@ SIZES: tuple[int, ...] = (5, 10, 20, 50, 100, 200, 500)
 """Default circuit sizes."""
 FAITHFUL = 0.9
 """Faithfulness a circuit must reach to count in ``smallest_faithful``."""
+ROWS_SCHEMA = "circuits.compare.rows"
+"""``schema`` of a rows file's header line."""
+ROWS_VERSION = 1
+"""``version`` of a rows file's header line."""
+
+Key = tuple[str, str, int]
+"""A row's ``(node set, method, size k)``."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One scored circuit of a comparison, as a rows file holds it.
+
+    Attributes:
+        nodes: Label of the node set.
+        method: One of `METHODS`.
+        k: The size asked for (a mask may keep a different number, ``point.size``).
+        point: Its faithfulness and completeness.
+        seconds: Wall time of finding it: the attribution pass its top-``k`` nodes come from
+            (``"atp"``, ``"ig"``; shared by the sizes of that pass), or its mask's training.
+    """
+
+    nodes: str
+    method: str
+    k: int
+    point: CurvePoint
+    seconds: float
+
+    @property
+    def key(self) -> Key:
+        return (self.nodes, self.method, self.k)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes,
+            "method": self.method,
+            "k": self.k,
+            "seconds": self.seconds,
+            "point": asdict(self.point),
+        }
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Row:
+        return cls(
+            record["nodes"],
+            record["method"],
+            int(record["k"]),
+            CurvePoint(**record["point"]),
+            float(record["seconds"]),
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The rows a comparison is made of, and those its rows file already holds.
+
+    Attributes:
+        keys: Every row's ``(nodes, method, k)`` in table order; sizes larger than a node set
+            are left out for that set.
+        nodes: ``{label: number of nodes}`` of each node set.
+        methods: The methods, in row order.
+        sizes: The sizes asked for.
+        finished: ``{key: Row}`` read back from the rows file; empty without one.
+        settings: What decides the result, as the rows file's header records it.
+        rows: The rows file, or None.
+    """
+
+    keys: tuple[Key, ...]
+    nodes: dict[str, int]
+    methods: tuple[str, ...]
+    sizes: tuple[int, ...]
+    finished: dict[Key, Row]
+    settings: dict[str, Any]
+    rows: Path | None = None
+
+    @property
+    def missing(self) -> tuple[Key, ...]:
+        """The rows still to compute, in order."""
+        return tuple(key for key in self.keys if key not in self.finished)
+
+    def describe(self) -> str:
+        """One line: rows, node sets, methods, sizes, and how many are done."""
+        sets = ", ".join(f"{label} ({n} nodes)" for label, n in self.nodes.items())
+        skipped = [
+            f"{label}: k > {n} left out" for label, n in self.nodes.items() if self.sizes[-1] > n
+        ]
+        sizes = ", ".join(map(str, self.sizes)) + (f" ({'; '.join(skipped)})" if skipped else "")
+        done = (
+            f"{len(self.finished)} done in {self.rows}, {len(self.missing)} to compute"
+            if self.rows is not None
+            else f"{len(self.missing)} to compute"
+        )
+        return (
+            f"{len(self.keys)} rows: node sets {sets}; methods {', '.join(self.methods)}; "
+            f"sizes {sizes}; {done}"
+        )
 
 
 @dataclass(frozen=True)
@@ -80,11 +187,20 @@ class MethodCurve:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Every method's curve over every node set, and the setting they were measured in."""
+    """Every method's curve over every node set, and the setting they were measured in.
+
+    Attributes:
+        curves: One `MethodCurve` per (node set, method), in row order.
+        sizes: The sizes asked for.
+        settings: Node counts, prompt pair counts and the options of `compare`.
+        computed: Keys of the rows the call that built this computed; the others were read
+            back from its rows file. Not part of equality, `to_dict` or the saved files.
+    """
 
     curves: tuple[MethodCurve, ...]
     sizes: tuple[int, ...]
     settings: dict[str, Any]
+    computed: tuple[Key, ...] = field(default=(), compare=False)
 
     def table(self) -> str:
         """Markdown: faithfulness then completeness per size, CPR, CMD, smallest faithful k."""
@@ -115,7 +231,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "settings": self.settings,
+            "settings": dict(self.settings),
             "sizes": list(self.sizes),
             "curves": [
                 {
@@ -161,6 +277,47 @@ class Comparison:
         return plot_curves(curves, path, title=title)
 
 
+def plan(
+    model: Model,
+    node_sets: Mapping[str, Mapping[str, Dictionary]],
+    task: TaskLike,
+    *,
+    eval_task: TaskLike | None = None,
+    methods: Sequence[str] = METHODS,
+    sizes: Sequence[int] = SIZES,
+    ablation: Ablation = "position-mean",
+    ig_steps: int = 10,
+    mask_steps: int = 500,
+    batch_size: int = 16,
+    seed: int = 0,
+    model_name: str | None = None,
+    rows: str | Path | None = None,
+) -> Plan:
+    """The rows `compare` would compute with these arguments, and those ``rows`` already holds.
+
+    Takes `compare`'s arguments (less ``progress``) and reads ``rows`` without writing it.
+
+    Raises:
+        ValueError: as `compare`, and when ``rows`` was written with other settings or is not
+            a rows file.
+    """
+    return _plan(
+        model,
+        node_sets,
+        task,
+        eval_task=eval_task,
+        methods=methods,
+        sizes=sizes,
+        ablation=ablation,
+        ig_steps=ig_steps,
+        mask_steps=mask_steps,
+        batch_size=batch_size,
+        seed=seed,
+        model_name=model_name,
+        rows=rows,
+    )[0]
+
+
 def compare(
     model: Model,
     node_sets: Mapping[str, Mapping[str, Dictionary]],
@@ -174,6 +331,8 @@ def compare(
     mask_steps: int = 500,
     batch_size: int = 16,
     seed: int = 0,
+    model_name: str | None = None,
+    rows: str | Path | None = None,
     progress: bool = True,
 ) -> Comparison:
     """Find circuits of every size with every method over every node set, and score them.
@@ -192,90 +351,100 @@ def compare(
         mask_steps: Optimiser steps of each mask.
         batch_size: Prompt pairs per batch.
         seed: Seed of the masks' gates (and of resample ablation).
+        model_name: How the model is named in the rows file's settings; None: its
+            ``name_or_path``.
+        rows: A JSON-lines file each finished row is appended to (created with its parent
+            directories). The rows it already holds are reused, not recomputed, when its
+            header's settings match these; a last line cut short (a killed run) is dropped and
+            its row computed again. ``"atp"``/``"ig"`` rows missing some sizes rerun their
+            (deterministic) attribution pass and score only the missing sizes. Interrupting
+            the call loses only the row in progress. None: nothing is read or written.
         progress: Progress bars on stderr.
 
     Raises:
         ValueError: an unknown method, no node set, sizes that are not increasing positive
-            integers, or a node set smaller than every size.
+            integers, a node set smaller than every size, or a ``rows`` file written with other
+            settings (delete it, or write the rows elsewhere).
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"unknown method(s) {unknown}; choose among {', '.join(METHODS)}")
-    if not node_sets:
-        raise ValueError("give at least one node set, e.g. {'features': saes}")
-    sizes = tuple(sizes)
-    if (
-        not sizes
-        or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in sizes)
-        or list(sizes) != sorted(set(sizes))
-    ):
-        raise ValueError(f"sizes must be increasing positive integers, got {list(sizes)}")
     if not isinstance(task, (Task, Sequence)):
         task = list(task)  # read once per method
     if eval_task is not None and not isinstance(eval_task, (Task, Sequence)):
         eval_task = list(eval_task)  # read once per node set
-    curves = []
-    totals = {}
-    for label, dictionaries in node_sets.items():
-        evaluator = Evaluator(
-            model,
-            dictionaries,
-            task if eval_task is None else eval_task,
-            ablation=ablation,
-            batch_size=batch_size,
-            seed=seed,
-        )
-        totals[label] = evaluator.n_total
-        usable = tuple(k for k in sizes if k <= evaluator.n_total)
-        if not usable:
-            raise ValueError(
-                f"every size exceeds the {evaluator.n_total} nodes of node set {label!r}"
-            )
-        for method in methods:
-            start = time.perf_counter()
-            if method in ("atp", "ig"):
-                effects = node_effects(
+    the_plan, end = _plan(
+        model,
+        node_sets,
+        task,
+        eval_task=eval_task,
+        methods=methods,
+        sizes=sizes,
+        ablation=ablation,
+        ig_steps=ig_steps,
+        mask_steps=mask_steps,
+        batch_size=batch_size,
+        seed=seed,
+        model_name=model_name,
+        rows=rows,
+    )
+    finished = dict(the_plan.finished)
+    computed: list[Key] = []
+    handle = None if the_plan.rows is None else _open_rows(the_plan.rows, the_plan.settings, end)
+    try:
+        for label, dictionaries in node_sets.items():
+            evaluator = None
+            for method in the_plan.methods:
+                missing = [k for (n, m, k) in the_plan.missing if (n, m) == (label, method)]
+                if not missing:
+                    continue
+                if evaluator is None:
+                    evaluator = Evaluator(
+                        model,
+                        dictionaries,
+                        task if eval_task is None else eval_task,
+                        ablation=ablation,
+                        batch_size=batch_size,
+                        seed=seed,
+                    )
+                for row in _rows(
                     model,
                     dictionaries,
                     task,
-                    method=method,
-                    steps=ig_steps,
+                    evaluator,
+                    label,
+                    method,
+                    missing,
+                    ablation=ablation,
+                    ig_steps=ig_steps,
+                    mask_steps=mask_steps,
                     batch_size=batch_size,
+                    seed=seed,
                     progress=progress,
-                ).nodes()
-                seconds = time.perf_counter() - start
-                points = evaluator.curve(effects, sizes=usable)
-            else:
-                kept = [
-                    train_mask(
-                        model,
-                        dictionaries,
-                        task,
-                        parametrisation=method,  # type: ignore[arg-type]
-                        size=k,
-                        ablation=ablation,
-                        steps=mask_steps,
-                        batch_size=batch_size,
-                        seed=seed,
-                        progress=progress,
-                    ).nodes
-                    for k in usable
-                ]
-                seconds = time.perf_counter() - start
-                points = [_point(evaluator, nodes) for nodes in kept]
-            curves.append(MethodCurve(label, method, tuple(points), seconds))
+                ):
+                    finished[row.key] = row
+                    computed.append(row.key)
+                    if handle is not None:
+                        _write_line(handle, row.to_dict())
+    finally:
+        if handle is not None:
+            handle.close()
+    curves = []
+    for label in node_sets:
+        for method in the_plan.methods:
+            done = [finished[key] for key in the_plan.keys if key[:2] == (label, method)]
+            times = [row.seconds for row in done]
+            seconds = max(times) if method in ("atp", "ig") else sum(times)
+            curves.append(MethodCurve(label, method, tuple(r.point for r in done), seconds))
     settings = {
-        "nodes": totals,
+        "nodes": the_plan.nodes,
         "n_find": _count(task),
-        "n_eval": evaluator.n_examples,
-        "methods": list(methods),
+        "n_eval": _count(task if eval_task is None else eval_task),
+        "methods": list(the_plan.methods),
         "ablation": ablation,
         "ig_steps": ig_steps,
         "mask_steps": mask_steps,
         "batch_size": batch_size,
         "seed": seed,
     }
-    return Comparison(tuple(curves), sizes, settings)
+    return Comparison(tuple(curves), the_plan.sizes, settings, tuple(computed))
 
 
 def _point(evaluator: Evaluator, nodes: Sequence[str]) -> CurvePoint:
@@ -292,4 +461,226 @@ def _point(evaluator: Evaluator, nodes: Sequence[str]) -> CurvePoint:
 def _count(task: Task | Sequence[Any]) -> int:
     """Prompt pairs in a task, a list of pairs or a list of batches."""
     items = task.pairs if isinstance(task, Task) else task
-    return sum(len(item) if hasattr(item, "clean") else 1 for item in items)
+    return sum(1 if isinstance(item, PromptPair) else len(item) for item in items)
+
+
+def _rows(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    task: TaskLike,
+    evaluator: Evaluator,
+    label: str,
+    method: str,
+    sizes: Sequence[int],
+    *,
+    ablation: Ablation,
+    ig_steps: int,
+    mask_steps: int,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> Iterator[Row]:
+    """Find and score ``method``'s circuits of ``sizes`` over one node set, yielding each `Row`
+    as soon as it is scored."""
+    if method in ("atp", "ig"):
+        start = time.perf_counter()
+        effects = node_effects(
+            model,
+            dictionaries,
+            task,
+            method=method,
+            steps=ig_steps,
+            batch_size=batch_size,
+            progress=progress,
+        ).nodes()
+        seconds = time.perf_counter() - start
+        for k in sizes:
+            yield Row(label, method, k, evaluator.curve(effects, sizes=[k])[0], seconds)
+        return
+    for k in sizes:
+        start = time.perf_counter()
+        nodes = train_mask(
+            model,
+            dictionaries,
+            task,
+            parametrisation=method,  # type: ignore[arg-type]
+            size=k,
+            ablation=ablation,
+            steps=mask_steps,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        ).nodes
+        seconds = time.perf_counter() - start
+        yield Row(label, method, k, _point(evaluator, nodes), seconds)
+
+
+def _plan(
+    model: Model,
+    node_sets: Mapping[str, Mapping[str, Dictionary]],
+    task: TaskLike,
+    *,
+    eval_task: TaskLike | None,
+    methods: Sequence[str],
+    sizes: Sequence[int],
+    ablation: Ablation,
+    ig_steps: int,
+    mask_steps: int,
+    batch_size: int,
+    seed: int,
+    model_name: str | None,
+    rows: str | Path | None,
+) -> tuple[Plan, int]:
+    """Check the arguments, list the rows, read ``rows`` back; also return the byte offset
+    where its last complete line ends (0 when it has no header yet)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; choose among {', '.join(METHODS)}")
+    if not node_sets:
+        raise ValueError("give at least one node set, e.g. {'features': saes}")
+    sizes = tuple(sizes)
+    if (
+        not sizes
+        or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in sizes)
+        or list(sizes) != sorted(set(sizes))
+    ):
+        raise ValueError(f"sizes must be increasing positive integers, got {list(sizes)}")
+    totals = {}
+    keys: list[Key] = []
+    for label, dictionaries in node_sets.items():
+        totals[label] = sum(
+            dictionaries[name].width + 1 for name in check_submodules(model, dictionaries, None)
+        )
+        usable = [k for k in sizes if k <= totals[label]]
+        if not usable:
+            raise ValueError(f"every size exceeds the {totals[label]} nodes of node set {label!r}")
+        keys += [(label, method, k) for method in methods for k in usable]
+    settings = {
+        "find_pairs": _digest(task),
+        "eval_pairs": _digest(task if eval_task is None else eval_task),
+        "model": model_name if model_name is not None else _model_name(model),
+        "dtype": str(model.dtype),
+        "node_sets": {label: _fingerprint(d) for label, d in node_sets.items()},
+        "methods": list(methods),
+        "sizes": list(sizes),
+        "ablation": ablation,
+        "ig_steps": ig_steps,
+        "mask_steps": mask_steps,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    settings = json.loads(json.dumps(settings))  # as the header reads back
+    path = None if rows is None else Path(rows)
+    finished, end = ({}, 0) if path is None else _read_rows(path, settings)
+    wanted = set(keys)
+    finished = {key: row for key, row in finished.items() if key in wanted}
+    the_plan = Plan(tuple(keys), totals, tuple(methods), sizes, finished, settings, path)
+    return the_plan, end
+
+
+def _read_rows(path: Path, settings: Mapping[str, Any]) -> tuple[dict[Key, Row], int]:
+    """The rows a rows file holds, and the byte offset where its last complete line ends.
+
+    A last line cut short by a kill (no newline, or not a row) is left out; so is a header cut
+    short.
+
+    Raises:
+        ValueError: when the header's settings differ from ``settings``, or a line is no row.
+    """
+    if not path.exists():
+        return {}, 0
+    data = path.read_bytes()
+    lines = data.split(b"\n")[:-1]  # the part after the last newline is incomplete
+    if not lines:
+        return {}, 0
+    advice = f"delete {path} to start afresh, or write the rows to another file (another --out)"
+    try:
+        header = json.loads(lines[0])
+        recorded = header["settings"] if header.get("schema") == ROWS_SCHEMA else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{path} is not a rows file of circuits.compare; {advice}")
+    if header.get("version") != ROWS_VERSION:
+        raise ValueError(
+            f"{path} is a rows file of version {header.get('version')}, this is version "
+            f"{ROWS_VERSION}; {advice}"
+        )
+    if recorded != settings:
+        differ = sorted(
+            name for name in {*recorded, *settings} if recorded.get(name) != settings.get(name)
+        )
+        raise ValueError(
+            f"{path} holds rows computed with other settings ({', '.join(differ)} differ); {advice}"
+        )
+    finished: dict[Key, Row] = {}
+    end = len(lines[0]) + 1
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            row = Row.from_dict(json.loads(line))
+        except (ValueError, TypeError, KeyError):
+            if number == len(lines):
+                break  # the last line, cut short
+            raise ValueError(f"line {number} of {path} is not a row; {advice}") from None
+        finished[row.key] = row
+        end += len(line) + 1
+    return finished, end
+
+
+def _open_rows(path: Path, settings: Mapping[str, Any], end: int) -> BinaryIO:
+    """``path`` opened for appending rows: truncated after its last complete line, or started
+    afresh with a header line when it has none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if end == 0:
+        handle = path.open("wb")
+        header = {"schema": ROWS_SCHEMA, "version": ROWS_VERSION, "settings": settings}
+        _write_line(handle, header)
+        return handle
+    os.truncate(path, end)  # drop a line cut short
+    return path.open("ab")
+
+
+def _write_line(handle: BinaryIO, record: Mapping[str, Any]) -> None:
+    """Append one JSON line and make sure it reached the disk."""
+    handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _digest(task: TaskLike) -> str:
+    """SHA-256 of the prompt pairs' content (and of the batches' boundaries, when given as
+    batches)."""
+    if isinstance(task, Task) or (
+        isinstance(task, Sequence) and all(isinstance(p, PromptPair) for p in task)
+    ):
+        content: Any = [asdict(p) for p in (task.pairs if isinstance(task, Task) else task)]
+    else:
+        content = [
+            [asdict(p) for p in (item.pairs if isinstance(item, Task) else item)] for item in task
+        ]
+    text = json.dumps(content, sort_keys=True, ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _fingerprint(dictionaries: Mapping[str, Dictionary]) -> str:
+    """SHA-256 of each dictionary's submodule, class, settings (its repr) and a strided sample
+    of at most about 8,192 values of each of its tensors."""
+    digest = hashlib.sha256()
+    for name in sorted(dictionaries):
+        dictionary = dictionaries[name]
+        digest.update(f"{name}\n{dictionary!r}\n".encode())
+        for key, tensor in dictionary.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)].cpu().contiguous()
+            digest.update(f"{key} {list(tensor.shape)} {tensor.dtype}\n".encode())
+            digest.update(sample.view(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def _model_name(model: Model) -> str:
+    """The wrapped model's ``name_or_path`` (else its class name)."""
+    torch_model = model.torch_model
+    name = getattr(torch_model, "name_or_path", "") or getattr(
+        getattr(torch_model, "config", None), "_name_or_path", ""
+    )
+    return str(name) or type(torch_model).__name__

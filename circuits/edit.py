@@ -29,7 +29,7 @@ site is a module's input, on ``model.module(sub)``):
 
 Edits without a position apply at every position of every call, including the positions
 `generate` adds one at a time. Edits with ``@pos`` apply at that absolute token position; the
-offset of a call that continues a key/value cache is read from its ``past_key_values``.
+offset of a call that continues a key/value cache is the length of that cache (`_offset`).
 
 Leaving the block removes every hook, also when the body raises, so the model computes exactly
 what it computed before. Nothing on the model is replaced or patched.
@@ -38,7 +38,6 @@ what it computed before. Nothing on the model is replaced or patched.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -279,14 +278,19 @@ def _apply(plan: _Plan, x: Tensor, offset: int) -> Tensor:
     return torch.where(changed[..., None], new, x)
 
 
-def _offset(kwargs: Mapping[str, Any]) -> int:
-    """Tokens already in the key/value cache of a forward call (0 without one)."""
-    position = kwargs.get("cache_position")
-    if isinstance(position, Tensor) and position.numel():
-        return int(position.reshape(-1)[0])
-    cache = kwargs.get("past_key_values")
-    if cache is not None and hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
+def _offset(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
+    """Tokens already in the key/value cache that a forward call continues (0 without one).
+
+    The cache is recognised by its type, `transformers.Cache`, whatever the argument is called
+    (``past_key_values`` before transformers 5.24, ``cache`` since), and its length is read
+    through the public ``Cache.get_seq_length``, which counts every token seen, also for
+    sliding-window layers that keep only the last few.
+    """
+    from transformers import Cache
+
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Cache):
+            return int(value.get_seq_length())
     return 0
 
 
@@ -325,7 +329,7 @@ def edited(
     offset = [0]  # tokens before the current call (a continued key/value cache)
 
     def on_model(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-        offset[0] = _offset(kwargs)
+        offset[0] = _offset(args, kwargs)
 
     def hook_for(plan: _Plan, io: str, where: str):
         def on_output(module: torch.nn.Module, args: Any, output: Any) -> Any:
@@ -358,17 +362,17 @@ def edited(
 
 
 def read_nodes(path: str | os.PathLike) -> list[str]:
-    """Node names from a file: a circuit JSON (every node but ``y``), or text with one name per
-    line, blank lines and ``#`` comments ignored.
+    """Node names from a file: a circuit JSON or a directory holding ``circuit.json`` (every node
+    but ``y``), or text with one name per line, blank lines and ``#`` comments ignored.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
         ValueError: for a malformed name or a file that names no node.
     """
-    text = Path(path).read_text(encoding="utf-8")
-    if text.lstrip().startswith("{"):
-        circuit = Circuit.from_json(json.loads(text))
-        names = [name for name in circuit.graph if name != OUTPUT]
+    path = Path(path)
+    text = "" if path.is_dir() else path.read_text(encoding="utf-8")
+    if path.is_dir() or text.lstrip().startswith("{"):
+        names = [name for name in Circuit.load(path).graph if name != OUTPUT]
     else:
         names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
         names = [name for name in names if name]

@@ -744,12 +744,20 @@ class Circuit:
 
         Only JSON is parsed; nothing in the file is executed.
 
+        Args:
+            path: The circuit's JSON file, or a directory holding ``circuit.json`` (what
+                ``circuits discover --out DIR`` writes).
+
         Raises:
             CircuitFormatError: Naming the file, when it is not UTF-8 JSON (truncated or corrupt),
                 has the wrong format tag or a newer version, or breaks a circuit invariant.
-            FileNotFoundError: If there is no such file.
+            FileNotFoundError: If there is no such file, or the directory has no circuit.json.
         """
         path = Path(path)
+        if path.is_dir():
+            if not (path / "circuit.json").is_file():
+                raise FileNotFoundError(f"{path} is a directory without a circuit.json")
+            path = path / "circuit.json"
         raw = path.read_bytes()
         try:
             document = json.loads(raw.decode("utf-8"))

@@ -608,6 +608,34 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     )
 
 
+def _resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a `torch.device`, refused with one clear line when it is not there."""
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:1' or 'mps'"
+        ) from exc
+    available = {
+        "cuda": (torch.cuda.is_available, torch.cuda.device_count),
+        "mps": (torch.backends.mps.is_available, lambda: 1),
+    }.get(resolved.type)
+    if available is not None:
+        if not available[0]():
+            raise ValueError(
+                f"device {device!r} is not available: this torch ({torch.__version__}) sees no "
+                f"{resolved.type.upper()} device; use 'cpu'"
+            )
+        if resolved.index is not None and resolved.index >= available[1]():
+            raise ValueError(
+                f"device {device!r} is not available: {available[1]()} {resolved.type} "
+                "device(s) are visible"
+            )
+    return resolved
+
+
 def _looks_local(source: str) -> bool:
     """Whether a string names a local path rather than a hub id (``owner/name`` or ``name``)."""
     return (
@@ -703,9 +731,12 @@ def load_model(
     Raises:
         FileNotFoundError: for a missing local directory or an unbuilt zoo.
         OSError: when a hub model or a tokenizer cannot be found.
-        ValueError: for an architecture not in the alias table (the message shows how to add it).
+        ValueError: for an architecture not in the alias table (the message shows how to add it),
+            an unknown dtype, or a device that is unknown or not available (``"cuda"`` where
+            torch sees no GPU).
     """
     dtype = _resolve_dtype(dtype)
+    device = _resolve_device(device)
     input_name = "input_ids"
     model_type: str | None = None
 

@@ -258,8 +258,8 @@ def test_cli_bad_inputs(tiny_model_dir, tmp_path, capsys):
     uneven = [PromptPair("the teachers near the desk", " are", "the teacher near", " is")]
     bad = str(write_task(tmp_path / "uneven.jsonl", uneven))
     assert main(["discover", "--task", bad, "--no-progress", *out]) == 2
-    err = capsys.readouterr().err  # after the model's own loading bar
-    assert "\ncircuits: error:" in err and "Traceback" not in err
+    err = capsys.readouterr().err  # --no-progress: not even the weight-loading bar before it
+    assert err.startswith("circuits: error:") and "Traceback" not in err
     assert "pair 1: clean prefix has 5 tokens, patch prefix 3" in err
     assert not (tmp_path / "o" / "circuit.json").exists()
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import PAIRS, random_saes, small_circuit
+from conftest import PAIRS, TINY_FAMILIES, random_saes, small_circuit
 
 from circuits.ablation import Keep, ablation_values, keep_nodes, run_ablated
 from circuits.edit import Ablate, Clamp, Steer, edited, next_token_change, read_nodes
@@ -209,31 +209,44 @@ def test_only_where_active_touches_only_firing_positions(gpt2):
     assert torch.allclose(seen.value[where], x[where] + 4.0 * direction, atol=1e-6)
 
 
-def test_generation_sees_the_edits_at_new_positions_and_is_restored(gpt2):
-    model, saes = gpt2
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_generation_sees_position_edits_at_exactly_their_token(tiny_model_dir, family, use_cache):
+    model = load_model(str(tiny_model_dir(family)))
+    saes = random_saes(model, widths=(64,), seed=1)
     ids = model.tokenize([PAIRS[0].clean_prefix]).input_ids
-    n_new = 6
+    n = ids.shape[1]
 
     def generate():
-        out = model.torch_model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new, do_sample=False
+        return model.torch_model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=6,
+            do_sample=False,
+            use_cache=use_cache,
         )
-        return out
 
     last = f"resid_{model.n_layers - 1}"
-    edits = [Steer(f"{last}/11", 30.0), Clamp(f"resid_0/2@{ids.shape[1] + 2}", 50.0)]
+    steer = Steer("resid_0/7", 10.0)
+    # Edits at two positions that generate adds one at a time (n + 2 and n + 3): with a cache,
+    # each is a call that continues the cache, so its absolute position must come from it.
+    at = [Clamp(f"{last}/11@{n + 2}", 50.0), Ablate([f"mlp_0/ε@{n + 3}", f"attn_0/5@{n + 3}"])]
     with torch.no_grad():
         plain = generate()
-        with edited(model, saes, edits):
+        with edited(model, saes, [steer]):
+            steered_only = generate()
+        with edited(model, saes, [steer, *at]):
             steered = generate()
             # The edited model's own greedy choices over the whole sequence, in one forward:
             # every generated token was produced with the edits at its position.
             full = model.torch_model(steered).logits
         again = generate()
-    assert not torch.equal(steered, plain)
+    assert not torch.equal(steered_only, plain)
+    assert not torch.equal(steered, steered_only), "the position edits change no token"
+    assert torch.equal(steered[0, : n + 2], steered_only[0, : n + 2]), "an edit came early"
     assert torch.equal(again, plain)
-    choices = full[0, ids.shape[1] - 1 : -1].argmax(-1)
-    assert torch.equal(choices, steered[0, ids.shape[1] :])
+    choices = full[0, n - 1 : -1].argmax(-1)
+    assert torch.equal(choices, steered[0, n:]), (choices.tolist(), steered[0, n:].tolist())
 
 
 def test_bad_edits_are_refused_with_clear_errors(gpt2):
@@ -296,7 +309,7 @@ def test_cli_ablate_end_to_end(tiny_model_dir, tmp_path, capsys):
     args += ["--dictionaries", str(tmp_path / "dicts"), "--top", "3", "--json"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["nodes"] == 2 and result["how"] == "zero" and len(result["before"]) == 3
+    assert result["nodes"] == 2 and result["ablation"] == "zero" and len(result["before"]) == 3
     expected = next_token_change(model, saes, prompt, [Ablate(["resid_0/3", "mlp_1/ε"])], top=3)
     for key in ("before", "after"):
         for row, want in zip(result[key], expected[key], strict=True):
@@ -305,8 +318,9 @@ def test_cli_ablate_end_to_end(tiny_model_dir, tmp_path, capsys):
             assert row["after"] == pytest.approx(want["after"], abs=1e-6)
     assert result["total_variation"] > 0
 
-    circuit = small_circuit().save(tmp_path / "circuit.json")
-    args[2] = str(circuit)
-    assert main(args[:-1] + ["--how", "mean"]) == 0
-    out = capsys.readouterr().out
-    assert "5 nodes mean-ablated" in out and "total variation" in out
+    small_circuit().save(tmp_path / "circuit.json")
+    for circuit in (tmp_path / "circuit.json", tmp_path):  # the file, or the directory
+        args[2] = str(circuit)
+        assert main(args[:-1] + ["--ablation", "mean"]) == 0
+        out = capsys.readouterr().out
+        assert "5 nodes mean-ablated" in out and "total variation" in out

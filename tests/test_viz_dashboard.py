@@ -172,7 +172,7 @@ def test_dashboard_cli(tiny_model_dir, tmp_path, capsys):
         "neurons",
         "--corpus",
         str(corpus),
-        "--top-k",
+        "--contexts",
         "2",
         "--cache-dir",
         str(tmp_path / "cache"),
@@ -224,6 +224,6 @@ def test_embed_units_and_circuit_nodes_from_the_cli(model, tiny_model_dir, tmp_p
     corpus.write_text("\n".join(make_corpus(4, 10)), encoding="utf-8")
     model_dir = str(tiny_model_dir("gpt_neox"))
     args = ["dashboard", "--circuit", str(path), "--model", model_dir, "--dictionaries"]
-    args += ["neurons", "--corpus", str(corpus), "--no-cache", "--json", "--top-k", "1"]
+    args += ["neurons", "--corpus", str(corpus), "--no-cache", "--json", "--contexts", "1"]
     assert main(args) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"resid_0/1", "resid_1/3"}

@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from circuits.zoo import language
+from circuits.zoo import DATA_DIR, language
 from circuits.zoo.tokenizer import build_tokenizer
 from circuits.zoo.train_lm import LMConfig, tokenize_corpus, train_lm
 from circuits.zoo.train_sae import SAEConfig, train_sae
 
-DATA_DIR = Path(__file__).parent / "data"
 SVA_TEMPLATES = {
     "sva-simple": "simple",
     "sva-within-rc": "within_rc",
@@ -60,7 +59,8 @@ QUICK = ZooConfig(
 def build(config: ZooConfig = ZooConfig(), out_dir: Path = DATA_DIR, *, force: bool = False):
     """Build every stage that is missing under ``out_dir`` (every stage with ``force``), then
     measure the result; returns the card as a dict."""
-    from circuits.zoo.card import measure, write_card
+    from circuits.zoo.card import measure
+    from circuits.zoo.card_text import write_card
 
     out_dir = Path(out_dir)
     stages = {"model": _build_model, "tasks": _build_tasks, "dictionaries": _build_dictionaries}
