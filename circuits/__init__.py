@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_dictionary": "circuits.dictionaries",
     "load_dictionaries": "circuits.dictionaries",
     "save_dictionary": "circuits.dictionaries",
+    "train_dictionaries": "circuits.dictionaries",
     "Circuit": "circuits.graph",
     "load_task": "circuits.tasks",
     "Task": "circuits.tasks",

@@ -94,17 +94,21 @@ def _discover(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         provenance={"model": str(args.model), "dictionaries": str(args.dictionaries)},
     )
+    if not args.no_eval:
+        circuit.provenance["evaluation"] = _held_out_score(args, model, dictionaries, task, circuit)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = circuit.save(out / "circuit.json")
     seconds = time.perf_counter() - start
     summary = circuit.summary()
+    score = circuit.provenance.get("evaluation")
     if args.json:
-        print(
-            json.dumps({**summary, "wall_time_s": round(seconds, 3), "file": str(path)}, indent=2)
-        )
+        record = {**summary, "evaluation": score, "wall_time_s": round(seconds, 3)}
+        print(json.dumps({**record, "file": str(path)}, indent=2))
         return 0
     print(format_summary(summary))
+    if score is not None:
+        print(_score_line(score))
     if summary["empty"]:
         kept = circuit.provenance.get("nodes_kept", 0)
         print(
@@ -116,6 +120,46 @@ def _discover(args: argparse.Namespace) -> int:
     print(f"wall time: {seconds:.1f} s")
     print(f"saved: {path}")
     return 0
+
+
+def _held_out_score(args, model, dictionaries, task, circuit) -> dict:
+    """Faithfulness and completeness of a found circuit on --eval-task / --eval-split pairs."""
+    from circuits.evaluate import Evaluator, FaithfulnessUndefinedError
+    from circuits.tasks import load_task
+
+    pairs = load_task(args.eval_task or args.task, args.eval_split, n=args.eval_n or args.n)
+    where = {
+        "task": pairs.name,
+        "split": pairs.split,
+        "held_out": pairs.source != task.source,
+    }
+    try:
+        evaluator = Evaluator(
+            model,
+            dictionaries,
+            pairs,
+            metric=_METRICS[args.metric] if args.metric else None,
+            ablation=args.ablation,
+            protocol=args.protocol,
+            first_layers_intact=args.first_layers_intact,
+            batch_size=args.batch_size,
+        )
+    except FaithfulnessUndefinedError as error:
+        return {**where, "error": str(error)}
+    return {**where, **evaluator.evaluate(circuit).to_dict()}
+
+
+def _score_line(score: dict) -> str:
+    """The summary line of a held-out score (see `_held_out_score`)."""
+    pairs = f"{score['task']} {score['split']}"
+    if "error" in score:
+        return f"not scored on {pairs}: {score['error']}"
+    caveat = "" if score["held_out"] else " (the pairs it was found on; give --eval-task)"
+    return (
+        f"scored on {score['n_examples']} {pairs} pairs{caveat}: faithfulness "
+        f"{score['faithfulness']:.3f}, completeness {score['completeness']:.3f} with "
+        f"{score['n_nodes']} of {score['n_total']} nodes; {score['protocol_text']}"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -135,6 +179,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         task,
         metric=_METRICS[args.metric] if args.metric else None,
         ablation=args.ablation,
+        protocol=args.protocol,
         first_layers_intact=args.first_layers_intact,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -159,9 +204,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"m(∅) {result['metric_empty']:.4g}  m(M) {result['metric_full']:.4g}"
     )
     print(
-        f"{result['n_nodes']} of {result['n_total']} nodes; {result['ablation']} ablation, "
+        f"{result['n_nodes']} of {result['n_total']} nodes; {result['protocol_text']}; "
         f"{result['n_examples']} examples"
     )
+    if result["ablation"] in ("mean", "zero"):
+        print(
+            f"note: {result['ablation']} ablation sets nodes to values they never take on these "
+            "prompts, so low faithfulness may measure that shift, not the circuit; "
+            "position-mean (the default) and resample stay on-distribution"
+        )
     for p in result.get("curve", []):
         print(
             f"  top {p['size']:>6}: faithfulness {p['faithfulness']:.3f}  "
@@ -197,6 +248,8 @@ def _mask(args: argparse.Namespace) -> int:
         penalty=args.penalty,
         objective=args.objective,
         ablation=args.ablation,
+        protocol=args.protocol,
+        first_layers_intact=args.first_layers_intact,
         keep_errors=args.keep_errors,
         positions=args.positions,
         steps=args.steps,
@@ -226,6 +279,7 @@ def _mask(args: argparse.Namespace) -> int:
         "expected_size": mask.expected_size,
         "faithfulness": mask.faithfulness,
         "ablation": mask.ablation,
+        "protocol": mask.protocol,
         "wall_time_s": round(seconds, 3),
         "file": str(path),
         "checkpoint": str(out / "mask.ckpt"),
@@ -237,7 +291,7 @@ def _mask(args: argparse.Namespace) -> int:
     print(
         f"mask ({mask.parametrisation}): kept {len(mask.nodes)} of {mask.n_candidates} nodes, "
         f"expected size {mask.expected_size:.1f}, faithfulness {mask.faithfulness:.3f} "
-        f"({mask.ablation} ablation, {len(mask.loss)} steps)"
+        f"on its training pairs ({mask.protocol}; {len(mask.loss)} steps)"
     )
     print(f"wall time: {seconds:.1f} s")
     print(f"saved: {path} (training state: {out / 'mask.ckpt'}; delete it to train afresh)")
@@ -267,6 +321,8 @@ def _compare(args: argparse.Namespace) -> int:
         "methods": args.methods,
         "sizes": args.sizes,
         "ablation": args.ablation,
+        "protocol": args.protocol,
+        "first_layers_intact": args.first_layers_intact,
         "ig_steps": args.ig_steps,
         "mask_steps": args.mask_steps,
         "batch_size": args.batch_size,
@@ -285,7 +341,7 @@ def _compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    title = f"{args.task}: {args.split} → {args.eval_split}, {args.ablation} ablation"
+    title = f"{args.task}: {args.split} → {args.eval_split}, {comparison.protocol_text}"
     settings = {
         "task": args.task,
         "find_split": args.split,
@@ -483,6 +539,65 @@ def _shift(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_dictionaries(args: argparse.Namespace) -> int:
+    from circuits.dictionaries.training import train_dictionaries
+    from circuits.models import load_model
+    from circuits.tasks import load_task
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    names = args.submodules or [sub.name for sub in model.submodules]
+    results = train_dictionaries(
+        model,
+        args.corpus,
+        args.out,
+        submodules=args.submodules,
+        activation=args.activation,
+        width=_per_submodule(args.width, names, "--width"),
+        k=_per_submodule(args.k, names, "--k"),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        buffer_tokens=args.buffer_tokens,
+        context_length=args.context_length,
+        eval_docs=args.eval_docs,
+        task=load_task(args.task, "test") if args.task else None,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    metrics = {name: {**r.metrics, "path": str(r.path)} for name, r in results.items()}
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+        return 0
+    print(f"{'submodule':<11}{'width':>7}{'L0':>8}{'var. expl.':>12}{'dead':>8}{'ΔCE (nats)':>12}")
+    for name, m in metrics.items():
+        print(
+            f"{name:<11}{m['width']:>7}{m['l0']:>8.1f}{m['variance_explained']:>12.4f}"
+            f"{m['dead_fraction']:>8.3f}{m['delta_ce']:>12.4f}"
+        )
+    print(f"saved: {args.out} (load with --dictionaries {args.out})")
+    return 0
+
+
+def _per_submodule(values: list[str], names: list[str], option: str) -> int | dict[str, int]:
+    """``["1024"]`` -> 1024; ``["1024", "attn_3=2048"]`` -> ``{name: 1024, "attn_3": 2048}``."""
+    plain = [v for v in values if "=" not in v]
+    if len(plain) > 1:
+        raise ValueError(f"{option} takes one plain number and NAME=N overrides, got {values}")
+    try:
+        default = int(plain[0]) if plain else None
+        overrides = {k: int(v) for k, v in (item.split("=", 1) for item in values if "=" in item)}
+    except ValueError:
+        raise ValueError(f"{option}: expected N or NAME=N, got {values}") from None
+    if not overrides:
+        return default
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"{option}: no submodule {', '.join(unknown)} among {', '.join(names)}")
+    if default is None and set(overrides) != set(names):
+        raise ValueError(f"{option}: give a plain number for the submodules not named")
+    return {name: overrides.get(name, default) for name in names}
+
+
 def _zoo_build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -567,6 +682,31 @@ def _task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=64, help="use the first N prompt pairs")
 
 
+def _evaluation_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--ablation, --protocol and --first-layers-intact: how circuits are scored."""
+    parser.add_argument(
+        "--ablation",
+        default="position-mean",
+        choices=_ABLATIONS,
+        help=f"what {what} are set to: position-mean over the patch prompts (SFC's mean "
+        "ablation) or resample keep activations on-distribution; mean (pooled over positions) "
+        "and zero do not, and can make every circuit look unfaithful",
+    )
+    parser.add_argument(
+        "--protocol",
+        default="sfc",
+        choices=["sfc", "strict"],
+        help="sfc: embed and the first n_layers // 3 layers stay intact, as SFC reports; "
+        "strict: everything with a dictionary is ablated",
+    )
+    parser.add_argument(
+        "--first-layers-intact",
+        type=int,
+        metavar="K",
+        help="leave embed and layers 0..K-1 intact instead of the protocol's count" + _NO_DEFAULT,
+    )
+
+
 def _output_options(parser: argparse.ArgumentParser, files: str) -> None:
     """--out DIR and --json, for the commands that write a directory."""
     parser.add_argument("--out", required=True, metavar="DIR", help=f"write {files}" + _NO_DEFAULT)
@@ -646,6 +786,28 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument(
         "--no-edges", action="store_true", help="node effects only: no edges, no pruning"
     )
+    disc.set_defaults(split="train")
+    disc.add_argument(
+        "--eval-task",
+        metavar="TASK",
+        help="score the circuit on this zoo task or JSONL file (default: --task)" + _NO_DEFAULT,
+    )
+    disc.add_argument(
+        "--eval-split",
+        default="test",
+        choices=["train", "test", "generalisation"],
+        help="split the circuit is scored on (a zoo task's held-out pairs)",
+    )
+    disc.add_argument(
+        "--eval-n",
+        type=int,
+        metavar="N",
+        help="score on the first N pairs (default: --n)" + _NO_DEFAULT,
+    )
+    disc.add_argument(
+        "--no-eval", action="store_true", help="do not score the circuit after finding it"
+    )
+    _evaluation_options(disc, "nodes outside the circuit, when it is scored,")
     _output_options(disc, "DIR/circuit.json")
     disc.set_defaults(run=_discover)
 
@@ -660,20 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("circuit", help="a circuit file saved by `circuits discover`")
     _task_options(ev)
     ev.add_argument("--metric", choices=list(_METRICS), help="as for discover" + _NO_DEFAULT)
-    ev.add_argument(
-        "--ablation",
-        default="position-mean",
-        choices=_ABLATIONS,
-        help="what ablated nodes are set to (position-mean over the patch prompts is SFC's "
-        "mean ablation)",
-    )
-    ev.add_argument(
-        "--first-layers-intact",
-        type=int,
-        default=0,
-        metavar="K",
-        help="leave embed and layers 0..K-1 unablated (SFC's paper: n_layers // 3)",
-    )
+    _evaluation_options(ev, "ablated nodes")
     ev.add_argument(
         "--sizes",
         type=int,
@@ -727,12 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["logit-diff", "kl"],
         help="match the full model's logit difference, or its output distribution (KL)",
     )
-    msk.add_argument(
-        "--ablation",
-        default="position-mean",
-        choices=_ABLATIONS,
-        help="what masked-out nodes are set to",
-    )
+    _evaluation_options(msk, "masked-out nodes")
     msk.add_argument("--keep-errors", action="store_true", help="never mask error nodes")
     msk.add_argument("--positions", action="store_true", help="one gate per node and position")
     msk.add_argument("--steps", type=int, default=500, help="optimiser steps (one batch each)")
@@ -793,12 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="circuit sizes (nodes)",
     )
-    cmp_.add_argument(
-        "--ablation",
-        default="position-mean",
-        choices=_ABLATIONS,
-        help="what nodes outside a circuit are set to (masks and evaluation)",
-    )
+    _evaluation_options(cmp_, "nodes outside a circuit (masks and evaluation)")
     cmp_.add_argument("--ig-steps", type=int, default=10, help="interpolation steps of ig")
     cmp_.add_argument("--mask-steps", type=int, default=500, help="optimiser steps per mask")
     cmp_.add_argument("--batch-size", type=int, default=16, help="prompt pairs per batch")
@@ -978,6 +1117,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sh.add_argument("--json", action="store_true", help="print the report as JSON")
     sh.set_defaults(run=_shift)
+
+    train = commands.add_parser(
+        "train-dictionaries",
+        help="train sparse autoencoders (TopK by default) on a model's activations",
+        description="Train one SAE per submodule from the same forwards over a corpus "
+        "(circuits.train_dictionaries: k-sparse autoencoders with AuxK, or BatchTopK, ReLU + L1, "
+        "JumpReLU) and save them in dictionary_learning's layout with a metrics.json each. "
+        "Checkpointed; rerunning the same command resumes.",
+        formatter_class=fmt,
+    )
+    _model_options(train)
+    train.add_argument(
+        "--corpus",
+        default="zoo",
+        help="'zoo' (the zoo's language) or a text file (one document a line) or .jsonl file "
+        "(a 'text' field a line)",
+    )
+    train.add_argument(
+        "--submodules",
+        nargs="+",
+        metavar="NAME",
+        help="submodules to train (default: all: embed, attn_i, mlp_i, resid_i)" + _NO_DEFAULT,
+    )
+    train.add_argument(
+        "--activation",
+        default="topk",
+        choices=["topk", "batchtopk", "relu", "jumprelu"],
+        help="the SAE's activation",
+    )
+    train.add_argument(
+        "--width", nargs="+", default=["4096"], metavar="N", help="latents (N, NAME=N overrides)"
+    )
+    train.add_argument(
+        "--k", nargs="+", default=["32"], metavar="N", help="active latents a token (TopK)"
+    )
+    train.add_argument("--steps", type=int, default=5000, help="optimiser steps")
+    train.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
+    train.add_argument(
+        "--lr",
+        type=float,
+        help="Adam's learning rate (default: 2e-4 / sqrt(width / 2^14))" + _NO_DEFAULT,
+    )
+    train.add_argument(
+        "--buffer-tokens", type=int, default=2**16, help="activations held per submodule"
+    )
+    train.add_argument("--context-length", type=int, default=128, help="tokens kept per document")
+    train.add_argument("--eval-docs", type=int, default=64, help="documents held out for metrics")
+    train.add_argument(
+        "--task",
+        help="also measure this task's accuracy with each SAE spliced in (test split)"
+        + _NO_DEFAULT,
+    )
+    train.add_argument("--seed", type=int, default=0, help="seed of the initialisation and order")
+    train.add_argument("--out", required=True, metavar="DIR", help="output folder" + _NO_DEFAULT)
+    train.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    train.set_defaults(run=_train_dictionaries)
 
     zoo = commands.add_parser("zoo", help="the shipped small model world").add_subparsers(
         dest="zoo_command", metavar="ZOO_COMMAND", required=True

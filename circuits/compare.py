@@ -41,7 +41,15 @@ from attribution.nodes import node_effects
 from attribution.splice import check_submodules
 from circuits.ablation import Ablation
 from circuits.dictionaries import Dictionary
-from circuits.evaluate import CurvePoint, Evaluator, cmd, cpr
+from circuits.evaluate import (
+    CurvePoint,
+    Evaluator,
+    Protocol,
+    cmd,
+    cpr,
+    intact_layers,
+    protocol_text,
+)
 from circuits.models import Model
 from circuits.tasks import PromptPair, Task
 from masks.train import train_mask
@@ -202,6 +210,14 @@ class Comparison:
     settings: dict[str, Any]
     computed: tuple[Key, ...] = field(default=(), compare=False)
 
+    @property
+    def protocol_text(self) -> str:
+        """How every circuit was scored (`circuits.evaluate.Evaluation.protocol_text`)."""
+        settings = self.settings
+        return protocol_text(
+            settings["protocol"], settings["ablation"], settings["first_layers_intact"]
+        )
+
     def table(self) -> str:
         """Markdown: faithfulness then completeness per size, CPR, CMD, smallest faithful k."""
         head = " | ".join(f"k={k}" for k in self.sizes)
@@ -286,6 +302,8 @@ def plan(
     methods: Sequence[str] = METHODS,
     sizes: Sequence[int] = SIZES,
     ablation: Ablation = "position-mean",
+    protocol: Protocol = "sfc",
+    first_layers_intact: int | None = None,
     ig_steps: int = 10,
     mask_steps: int = 500,
     batch_size: int = 16,
@@ -309,6 +327,8 @@ def plan(
         methods=methods,
         sizes=sizes,
         ablation=ablation,
+        protocol=protocol,
+        first_layers_intact=first_layers_intact,
         ig_steps=ig_steps,
         mask_steps=mask_steps,
         batch_size=batch_size,
@@ -327,6 +347,8 @@ def compare(
     methods: Sequence[str] = METHODS,
     sizes: Sequence[int] = SIZES,
     ablation: Ablation = "position-mean",
+    protocol: Protocol = "sfc",
+    first_layers_intact: int | None = None,
     ig_steps: int = 10,
     mask_steps: int = 500,
     batch_size: int = 16,
@@ -347,6 +369,10 @@ def compare(
         sizes: Circuit sizes ``k`` (positive integers, increasing); those larger than a node
             set's number of nodes are skipped for that set.
         ablation: What nodes outside a circuit are set to, in masks and in the evaluation.
+        protocol: The evaluation protocol (`circuits.evaluate.Evaluator`): ``"sfc"`` leaves
+            ``embed`` and the first ``n_layers // 3`` layers intact (neither masked nor
+            ablated), ``"strict"`` evaluates everything.
+        first_layers_intact: The number of intact layers instead of the protocol's.
         ig_steps: Interpolation steps of ``"ig"``.
         mask_steps: Optimiser steps of each mask.
         batch_size: Prompt pairs per batch.
@@ -378,6 +404,8 @@ def compare(
         methods=methods,
         sizes=sizes,
         ablation=ablation,
+        protocol=protocol,
+        first_layers_intact=first_layers_intact,
         ig_steps=ig_steps,
         mask_steps=mask_steps,
         batch_size=batch_size,
@@ -401,6 +429,8 @@ def compare(
                         dictionaries,
                         task if eval_task is None else eval_task,
                         ablation=ablation,
+                        protocol=protocol,
+                        first_layers_intact=first_layers_intact,
                         batch_size=batch_size,
                         seed=seed,
                     )
@@ -413,6 +443,8 @@ def compare(
                     method,
                     missing,
                     ablation=ablation,
+                    protocol=protocol,
+                    first_layers_intact=first_layers_intact,
                     ig_steps=ig_steps,
                     mask_steps=mask_steps,
                     batch_size=batch_size,
@@ -433,12 +465,15 @@ def compare(
             times = [row.seconds for row in done]
             seconds = max(times) if method in ("atp", "ig") else sum(times)
             curves.append(MethodCurve(label, method, tuple(r.point for r in done), seconds))
+    protocol, first_layers_intact = intact_layers(model, protocol, first_layers_intact)
     settings = {
         "nodes": the_plan.nodes,
         "n_find": _count(task),
         "n_eval": _count(task if eval_task is None else eval_task),
         "methods": list(the_plan.methods),
         "ablation": ablation,
+        "protocol": protocol,
+        "first_layers_intact": first_layers_intact,
         "ig_steps": ig_steps,
         "mask_steps": mask_steps,
         "batch_size": batch_size,
@@ -474,6 +509,8 @@ def _rows(
     sizes: Sequence[int],
     *,
     ablation: Ablation,
+    protocol: Protocol,
+    first_layers_intact: int | None,
     ig_steps: int,
     mask_steps: int,
     batch_size: int,
@@ -506,6 +543,8 @@ def _rows(
             parametrisation=method,  # type: ignore[arg-type]
             size=k,
             ablation=ablation,
+            protocol=protocol,
+            first_layers_intact=first_layers_intact,
             steps=mask_steps,
             batch_size=batch_size,
             seed=seed,
@@ -524,6 +563,8 @@ def _plan(
     methods: Sequence[str],
     sizes: Sequence[int],
     ablation: Ablation,
+    protocol: Protocol,
+    first_layers_intact: int | None,
     ig_steps: int,
     mask_steps: int,
     batch_size: int,
@@ -564,6 +605,8 @@ def _plan(
         "methods": list(methods),
         "sizes": list(sizes),
         "ablation": ablation,
+        "protocol": protocol,
+        "first_layers_intact": first_layers_intact,
         "ig_steps": ig_steps,
         "mask_steps": mask_steps,
         "batch_size": batch_size,

@@ -27,10 +27,13 @@ What the reference does and what this module does by default:
   batch size. ``"mean"`` pools positions too; ``"zero"`` and ``"resample"`` (one reference prompt
   per example, seeded, with replacement; the reference draws within each batch) are available.
   Tasks without patch prompts use the clean prompts as the reference, as the reference does.
-- Layers: the reference script ablates every layer by default (``--start_layer -1``); the
-  paper's reported setting leaves the first third of layers intact. The default here is
-  ``first_layers_intact=0`` (everything with a dictionary is evaluated); pass
-  ``model.n_layers // 3`` for the paper's setting.
+- Layers, the *protocol*: the reference script ablates every layer by default
+  (``--start_layer -1``); the paper's reported setting leaves the first third of the layers
+  intact (below layer 2 of 6 on Pythia-70M, below 8 of 26 on Gemma-2-2B). The default here is
+  that setting, ``protocol="sfc"``: ``embed`` and layers ``0 .. n_layers // 3 - 1`` are left
+  intact. ``protocol="strict"`` evaluates everything with a dictionary; ``first_layers_intact``
+  sets the count directly (the protocol is then called ``"custom"`` unless the count is the
+  named protocol's). Every `Evaluation` names its protocol.
 - Faithfulness is a ratio of means over examples (mean of m, then the ratio), as the reference
   computes it, not a mean of per-example ratios.
 - Error nodes are nodes like the others (the reference's ``handle_errors="default"``).
@@ -72,6 +75,7 @@ from circuits.models import Model
 
 __all__ = [
     "MIB_FRACTIONS",
+    "PROTOCOLS",
     "CurvePoint",
     "Evaluation",
     "FaithfulnessUndefinedError",
@@ -80,12 +84,18 @@ __all__ = [
     "cpr",
     "curve",
     "evaluate",
+    "intact_layers",
+    "protocol_text",
 ]
 
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 """Fractions of all nodes at which the MIB circuit track evaluates circuits."""
 
 Reference = Literal["patch", "clean"]
+Protocol = Literal["sfc", "strict"]
+PROTOCOLS: tuple[str, ...] = ("sfc", "strict")
+"""Evaluation protocols: ``"sfc"`` leaves ``embed`` and the first ``n_layers // 3`` layers
+intact (SFC's reported setting, the default); ``"strict"`` ablates everything with a dictionary."""
 MetricLike = str | Callable[[Tensor, BatchInfo], Tensor] | Metric
 
 
@@ -110,6 +120,9 @@ class Evaluation:
         metric: The metric's name.
         submodules: The evaluated submodules.
         n_examples: Examples averaged over.
+        protocol: ``"sfc"``, ``"strict"`` or ``"custom"`` (see the module docstring).
+        first_layers_intact: ``embed`` and layers ``0 .. first_layers_intact - 1`` were left
+            intact (0: nothing was).
     """
 
     faithfulness: float
@@ -124,12 +137,57 @@ class Evaluation:
     metric: str
     submodules: tuple[str, ...]
     n_examples: int
+    protocol: str
+    first_layers_intact: int
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data."""
         record = asdict(self)
         record["submodules"] = list(self.submodules)
+        record["protocol_text"] = self.protocol_text
         return record
+
+    @property
+    def protocol_text(self) -> str:
+        """One line naming how the circuit was scored, e.g. ``"sfc protocol: position-mean
+        ablation, embed and layer 0 intact"``."""
+        return protocol_text(self.protocol, self.ablation, self.first_layers_intact)
+
+
+def protocol_text(protocol: str, ablation: str, first_layers_intact: int) -> str:
+    """How a circuit is scored, in one line (see `Evaluation.protocol_text`)."""
+    if first_layers_intact == 0:
+        intact = "nothing intact"
+    elif first_layers_intact == 1:
+        intact = "embed and layer 0 intact"
+    else:
+        intact = f"embed and layers 0-{first_layers_intact - 1} intact"
+    return f"{protocol} protocol: {ablation} ablation, {intact}"
+
+
+def intact_layers(
+    model: Model, protocol: Protocol = "sfc", first_layers_intact: int | None = None
+) -> tuple[str, int]:
+    """``(protocol name, layers left intact)``: the protocol's count, or ``first_layers_intact``
+    (named ``"custom"`` when it differs from the protocol's).
+
+    Raises:
+        ValueError: an unknown protocol or a negative count.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    default = model.n_layers // 3 if protocol == "sfc" else 0
+    if first_layers_intact is None:
+        return protocol, default
+    if (
+        not isinstance(first_layers_intact, int)
+        or isinstance(first_layers_intact, bool)
+        or first_layers_intact < 0
+    ):
+        raise ValueError(
+            f"first_layers_intact must be a non-negative integer, got {first_layers_intact!r}"
+        )
+    return (protocol if first_layers_intact == default else "custom"), first_layers_intact
 
 
 @dataclass(frozen=True)
@@ -192,13 +250,17 @@ class Evaluator:
         reference: Inputs the ablation values come from: ``"patch"`` (default; the clean prompts
             when the task has none), ``"clean"``, or other prompt pairs (their patch prompts, else
             their clean prompts).
-        first_layers_intact: Leave ``embed`` and layers ``0 .. k-1`` unablated.
+        protocol: ``"sfc"`` (default): leave ``embed`` and the first ``n_layers // 3`` layers
+            unablated, as SFC's paper reports; ``"strict"``: ablate everything evaluated.
+        first_layers_intact: Leave ``embed`` and layers ``0 .. k-1`` unablated instead of the
+            protocol's count.
         submodules: Submodules to evaluate; None for every one with a dictionary.
         batch_size: Examples per batch.
         seed: Seed of the ``resample`` draws.
 
     Raises:
-        ValueError: an unknown ablation or reference, nothing left to evaluate, bad prompt pairs.
+        ValueError: an unknown ablation, reference or protocol, nothing left to evaluate, bad
+            prompt pairs.
         FaithfulnessUndefinedError: when m(M) equals m(∅).
     """
 
@@ -211,19 +273,14 @@ class Evaluator:
         metric: MetricLike | None = None,
         ablation: Ablation = "position-mean",
         reference: Reference | TaskLike = "patch",
-        first_layers_intact: int = 0,
+        protocol: Protocol = "sfc",
+        first_layers_intact: int | None = None,
         submodules: Iterable[str] | None = None,
         batch_size: int = 16,
         seed: int = 0,
     ) -> None:
-        if (
-            not isinstance(first_layers_intact, int)
-            or isinstance(first_layers_intact, bool)
-            or first_layers_intact < 0
-        ):
-            raise ValueError(
-                f"first_layers_intact must be a non-negative integer, got {first_layers_intact!r}"
-            )
+        self.protocol, first_layers_intact = intact_layers(model, protocol, first_layers_intact)
+        self.first_layers_intact = first_layers_intact
         candidates = check_submodules(model, dictionaries, submodules)
         self.submodules = tuple(
             name for name in candidates if not _intact(model, name, first_layers_intact)
@@ -348,6 +405,8 @@ class Evaluator:
             metric=self.metric.name,
             submodules=self.submodules,
             n_examples=self.n_examples,
+            protocol=self.protocol,
+            first_layers_intact=self.first_layers_intact,
         )
 
     def curve(
@@ -447,7 +506,8 @@ def evaluate(
     metric: MetricLike | None = None,
     ablation: Ablation = "position-mean",
     reference: Reference | TaskLike = "patch",
-    first_layers_intact: int = 0,
+    protocol: Protocol = "sfc",
+    first_layers_intact: int | None = None,
     submodules: Iterable[str] | None = None,
     batch_size: int = 16,
     seed: int = 0,
@@ -472,6 +532,7 @@ def evaluate(
         metric=metric,
         ablation=ablation,
         reference=reference,
+        protocol=protocol,
         first_layers_intact=first_layers_intact,
         submodules=submodules,
         batch_size=batch_size,
@@ -492,7 +553,8 @@ def curve(
     metric: MetricLike | None = None,
     ablation: Ablation = "position-mean",
     reference: Reference | TaskLike = "patch",
-    first_layers_intact: int = 0,
+    protocol: Protocol = "sfc",
+    first_layers_intact: int | None = None,
     submodules: Iterable[str] | None = None,
     batch_size: int = 16,
     seed: int = 0,
@@ -506,6 +568,7 @@ def curve(
         metric=metric,
         ablation=ablation,
         reference=reference,
+        protocol=protocol,
         first_layers_intact=first_layers_intact,
         submodules=submodules,
         batch_size=batch_size,

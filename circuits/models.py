@@ -580,11 +580,17 @@ def _logits(output: Any) -> torch.Tensor:
 
 
 def _resolve_source(source: str) -> str:
-    """Map the ``"zoo"`` shorthand to the shipped model's directory; other strings pass through.
+    """Map the ``"zoo"`` and ``"smollm2-135m"`` names to their model directories; other strings
+    pass through.
 
     Raises:
         FileNotFoundError: when the zoo model has not been built yet.
+        ImportError: for ``"smollm2-135m"`` without the ``smollm2`` extra installed.
     """
+    if source == "smollm2-135m":
+        from circuits.smollm2 import model_dir
+
+        return str(model_dir())
     if source != "zoo":
         return source
     if not (ZOO_MODEL_DIR / "config.json").is_file():
@@ -710,6 +716,9 @@ def load_model(
             - a hub name (``"EleutherAI/pythia-70m-deduped"``) or a directory saved with
               ``save_pretrained``: both load through ``AutoModelForCausalLM.from_pretrained``;
             - ``"zoo"``: the model shipped with this package (built by ``circuits zoo build``);
+            - ``"smollm2-135m"``: SmolLM2-135M-Instruct from the ``smollm2`` extra, converted
+              once into ``$CIRCUITS_CACHE`` (default ``~/.cache/circuits``; see
+              `circuits.smollm2`);
             - a built Hugging Face ``PreTrainedModel`` (its tokenizer is ``tokenizer=`` or is
               loaded from the model's ``name_or_path``);
             - a TransformerLens 4.x ``TransformerBridge``: the Hugging Face model it wraps is
@@ -730,6 +739,8 @@ def load_model(
 
     Raises:
         FileNotFoundError: for a missing local directory or an unbuilt zoo.
+        ImportError: for ``"smollm2-135m"`` without the ``smollm2`` extra (the message says what
+            to install).
         OSError: when a hub model or a tokenizer cannot be found.
         ValueError: for an architecture not in the alias table (the message shows how to add it),
             an unknown dtype, or a device that is unknown or not available (``"cuda"`` where

@@ -6,7 +6,9 @@ A prompt-pair task is JSON lines in Sparse Feature Circuits' schema::
      "clean_answer": " are", "patch_answer": " is", "case": "plural_singular"}
 
 ``patch_prefix``/``patch_answer`` may be absent (the counterfactual is then zero-ablation).
-``load_task`` opens the zoo's named tasks or any JSONL file; ``validate`` checks a task against a
+``load_task`` opens the zoo's named tasks (``TASK_NAMES``, over the zoo model's tiny vocabulary),
+the English tasks for real pretrained tokenizers (``ENGLISH_TASK_NAMES``, built by
+``scripts/build_english_tasks.py``) or any JSONL file; ``validate`` checks a task against a
 tokenizer (single-token answers, equal clean/patch token lengths, no unknown words) and lists every
 offending line, so a user fixes the file in one go.
 """
@@ -20,6 +22,9 @@ from pathlib import Path
 ZOO_TASKS = Path(__file__).parent / "zoo" / "data" / "tasks"
 TASK_NAMES = ("sva-simple", "sva-within-rc", "sva-rc", "sva-nounpp", "sva-hard", "ioi")
 SPLITS = ("train", "test", "generalisation")
+ENGLISH_TASKS = Path(__file__).parent / "data" / "english"
+ENGLISH_TASK_NAMES = ("en-sva-simple", "en-sva-within-rc", "en-sva-rc", "en-sva-nounpp", "en-ioi")
+ENGLISH_SPLITS = ("train", "test")
 TEXT_SETS = {"bios": ("ambiguous", "balanced")}
 
 
@@ -64,32 +69,39 @@ class LabelledText:
 
 
 def load_task(name_or_path: str | Path, split: str = "test", *, n: int | None = None) -> Task:
-    """Load a zoo task by name (``sva-rc``, ``ioi``, ...) or any JSONL file in SFC's schema.
+    """Load a named task (``sva-rc``, ``ioi``, ``en-sva-rc``, ...) or any JSONL file in SFC's
+    schema.
 
     Args:
-        name_or_path: one of ``TASK_NAMES`` or a path to a ``.jsonl`` file.
-        split: ``train``, ``test`` or ``generalisation`` (named tasks only; ignored for a path).
+        name_or_path: one of ``TASK_NAMES`` or ``ENGLISH_TASK_NAMES``, or a path to a ``.jsonl``
+            file.
+        split: ``train``, ``test`` or ``generalisation`` for the zoo's tasks, ``train`` or
+            ``test`` for the English ones (ignored for a path).
         n: keep only the first ``n`` pairs.
     """
     path = Path(name_or_path)
-    if str(name_or_path) in TASK_NAMES:
-        if split not in SPLITS:
-            raise TaskError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        path = ZOO_TASKS / str(name_or_path) / f"{split}.jsonl"
-        if not path.exists():
-            raise TaskError(
-                f"the zoo has no file for task {name_or_path!r}, split {split!r} ({path}); "
-                "build the zoo with `circuits zoo build`"
-            )
+    if str(name_or_path) in TASK_NAMES + ENGLISH_TASK_NAMES:
         name = str(name_or_path)
+        english = name in ENGLISH_TASK_NAMES
+        splits = ENGLISH_SPLITS if english else SPLITS
+        if split not in splits:
+            raise TaskError(f"unknown split {split!r}; choose one of {', '.join(splits)}")
+        path = (ENGLISH_TASKS if english else ZOO_TASKS) / name / f"{split}.jsonl"
+        if not path.exists():
+            rebuild = (
+                "rebuild them with `python scripts/build_english_tasks.py`"
+                if english
+                else "build the zoo with `circuits zoo build`"
+            )
+            raise TaskError(f"no file for task {name!r}, split {split!r} ({path}); {rebuild}")
     elif path.suffix == ".jsonl" or path.exists():
         if not path.is_file():
             raise TaskError(f"task file {path} does not exist")
         name, split = path.stem, "file"
     else:
         raise TaskError(
-            f"unknown task {str(name_or_path)!r}: give one of {', '.join(TASK_NAMES)} "
-            "or the path of a JSONL file"
+            f"unknown task {str(name_or_path)!r}: give one of "
+            f"{', '.join(TASK_NAMES + ENGLISH_TASK_NAMES)} or the path of a JSONL file"
         )
     pairs = read_pairs(path)
     if n is not None:

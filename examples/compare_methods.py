@@ -2,8 +2,10 @@
 
 For each task: circuits of k nodes (k = 5 ... 500, 1,000 and 2,000) found on the train split
 with attribution patching, integrated gradients, a hard-concrete mask and a sigmoid mask, over SAE
-features and over neurons, all scored on the test split with position-mean ablation. Writes
-``out/compare/<task>/comparison.{md,json,png}`` and prints each table.
+features and over neurons, all scored on the test split with the default protocol (SFC's:
+position-mean ablation, ``embed`` and layer 0 intact). Writes
+``out/compare/<task>/comparison.{md,json,png}`` and prints each table; each finished row is in
+``out/compare/<task>/rows.jsonl`` as it lands, and a rerun resumes from it.
 
     python examples/compare_methods.py [--tasks sva-rc sva-nounpp] [--n 64] [--mask-steps 500]
 
@@ -43,9 +45,11 @@ def main() -> None:
             eval_task=load_task(task, "test", n=args.n),
             sizes=args.sizes,
             mask_steps=args.mask_steps,
+            model_name="zoo",
+            rows=Path(args.out) / task / "rows.jsonl",
             progress=False,
         )
-        title = f"{task}: train → test, position-mean ablation"
+        title = f"{task}: train → test, {comparison.protocol_text}"
         comparison.save(Path(args.out) / task, title=title, settings={"task": task})
         print(f"## {title}\n\n{comparison.table()}\n", flush=True)
 

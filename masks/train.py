@@ -81,7 +81,7 @@ from attribution.batches import TaskLike
 from attribution.splice import Values
 from circuits.ablation import ABLATIONS, Ablation, mix
 from circuits.dictionaries import Dictionary
-from circuits.evaluate import Evaluator
+from circuits.evaluate import Evaluator, Protocol
 from circuits.graph import ERROR, node_name
 from circuits.metrics import BatchInfo, MetricError, kl_to_clean, logit_diff
 from circuits.models import Batch, Model
@@ -120,6 +120,8 @@ class MaskResult:
         ablation: The ablation kind of masked-out nodes.
         submodules: The masked submodules.
         positions: One gate per node and position (names carry ``@pos``).
+        protocol: The evaluation protocol ``faithfulness`` was measured under
+            (`circuits.evaluate.Evaluation.protocol_text`).
     """
 
     nodes: tuple[str, ...]
@@ -134,6 +136,7 @@ class MaskResult:
     ablation: str
     submodules: tuple[str, ...]
     positions: bool = False
+    protocol: str = ""
 
 
 class _Block(NamedTuple):
@@ -313,6 +316,8 @@ def train_mask(
     ablation: Ablation = "position-mean",
     keep_errors: bool = False,
     positions: bool = False,
+    protocol: Protocol = "sfc",
+    first_layers_intact: int | None = None,
     submodules: Iterable[str] | None = None,
     steps: int = 500,
     lr: float = 0.1,
@@ -340,6 +345,11 @@ def train_mask(
             the kept nodes).
         positions: One gate per node and position (names ``resid_1/3@4``) instead of one shared
             across positions.
+        protocol: ``"sfc"`` (default): ``embed`` and the first ``n_layers // 3`` layers are not
+            masked (kept whole), as `circuits.evaluate.Evaluator` leaves them intact;
+            ``"strict"``: every submodule is masked.
+        first_layers_intact: Leave ``embed`` and layers ``0 .. k-1`` unmasked instead of the
+            protocol's count.
         submodules: Submodules to mask; None for every one with a dictionary.
         steps: Optimiser steps (one batch each).
         lr: Adam learning rate of θ.
@@ -382,6 +392,8 @@ def train_mask(
             task,
             metric="kl_to_clean" if objective == "kl" else "logit_diff",
             ablation=ablation,
+            protocol=protocol,
+            first_layers_intact=first_layers_intact,
             submodules=submodules,
             batch_size=batch_size,
             seed=seed,
@@ -501,11 +513,11 @@ def train_mask(
         if isinstance(gates, SigmoidGates):
             gates.anneal(steps - 1, steps, start=ramp)
         final_size = float(gates.expected_size())
-    faithfulness = evaluator.evaluate(names).faithfulness
+    evaluation = evaluator.evaluate(names)
     return MaskResult(
         nodes=tuple(names),
         expected_size=final_size,
-        faithfulness=faithfulness,
+        faithfulness=evaluation.faithfulness,
         loss=tuple(history),
         sizes=tuple(sizes),
         logits=theta.cpu().clone(),
@@ -515,4 +527,5 @@ def train_mask(
         ablation=ablation,
         submodules=tuple(evaluator.submodules),
         positions=positions,
+        protocol=evaluation.protocol_text,
     )

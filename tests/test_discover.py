@@ -292,3 +292,34 @@ def test_cli_evaluate_matches_the_library(tiny_model_dir, tmp_path, capsys):
     assert [p["size"] for p in result["curve"]] == [3, 6]
     assert main(["evaluate", circuit_file, *run]) == 0
     assert capsys.readouterr().out.startswith(f"faithfulness {direct.faithfulness:.3f}")
+
+
+def test_cli_scores_the_circuit_on_held_out_pairs(tmp_path, capsys):
+    from circuits.evaluate import Evaluator
+    from circuits.tasks import ZOO_TASKS
+
+    out = tmp_path / "o"
+    args = ["discover", "--task", "sva-rc", "--n", "8", "--dictionaries", "neurons"]
+    args += ["--method", "atp", "--top-k", "30", "--no-edges", "--no-progress", "--out", str(out)]
+    assert main([*args, "--json"]) == 0
+    score = json.loads(capsys.readouterr().out)["evaluation"]
+    assert (score["task"], score["split"], score["held_out"]) == ("sva-rc", "test", True)
+    assert (score["protocol"], score["first_layers_intact"], score["n_examples"]) == ("sfc", 1, 8)
+    saved = Circuit.load(out)
+    assert saved.provenance["evaluation"] == score
+    # The same numbers as scoring the saved circuit anew on the test pairs.
+    model = load_model("zoo")
+    again = Evaluator(model, load_dictionaries(model, "neurons"), load_task("sva-rc", "test", n=8))
+    result = again.evaluate(saved)
+    assert score["faithfulness"] == pytest.approx(result.faithfulness, abs=1e-9)
+    assert score["completeness"] == pytest.approx(result.completeness, abs=1e-9)
+
+    assert main([*args, "--protocol", "strict", "--eval-n", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "scored on 4 sva-rc test pairs: faithfulness" in text and "nothing intact" in text
+    assert main([*args, "--no-eval", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["evaluation"] is None
+
+    own = str(ZOO_TASKS / "sva-rc" / "train.jsonl")  # a file: no held-out split of its own
+    assert main(["discover", "--task", own, *args[3:]]) == 0
+    assert "(the pairs it was found on; give --eval-task)" in capsys.readouterr().out

@@ -25,7 +25,7 @@ def test_quick_build_writes_every_artefact(quick_zoo):
     assert model.n_layers == QUICK.lm.n_layers and model.d_model == QUICK.lm.d_model
     dictionaries = load_dictionaries(model, out / "dictionaries")
     assert list(dictionaries) == [s.name for s in model.submodules]
-    assert {d.width for d in dictionaries.values()} == {QUICK.sae.width}
+    assert {d.width for d in dictionaries.values()} == {QUICK.dictionaries.width}
     for name in [*SVA_TEMPLATES, "sva-hard", "ioi"]:
         for split in QUICK.task_pairs:
             task = load_task(out / "tasks" / name / f"{split}.jsonl")

@@ -17,6 +17,8 @@ Map of this package:
 - ``mapping``: ``load_dictionaries``, one dictionary per submodule of a model (``embed``,
   ``attn_i``, ``mlp_i``, ``resid_i``) from a directory, a mapping, ``"neurons"`` or ``"zoo"``
   (``ZOO_DICTIONARIES``); ``sfc_directory_name``.
+- ``training``: ``train_dictionaries``, TopK / BatchTopK / ReLU / JumpReLU SAEs trained on a
+  model's activations and saved in the layout ``load_dictionaries`` reads (``TrainedDictionary``).
 
 Files are read without executing code: ``torch.load(..., weights_only=True)``, safetensors, and
 ``numpy.load(..., allow_pickle=False)``.
@@ -39,6 +41,7 @@ from circuits.dictionaries.base import (
 from circuits.dictionaries.formats import DictionaryFormatError, load_dictionary, save_dictionary
 from circuits.dictionaries.formats import PathLike as PathLike  # public before, not in __all__
 from circuits.dictionaries.mapping import ZOO_DICTIONARIES, load_dictionaries, sfc_directory_name
+from circuits.dictionaries.training import TrainedDictionary, train_dictionaries
 
 __all__ = [
     "ReLU",
@@ -56,4 +59,6 @@ __all__ = [
     "load_dictionaries",
     "sfc_directory_name",
     "ZOO_DICTIONARIES",
+    "train_dictionaries",
+    "TrainedDictionary",
 ]

@@ -13,13 +13,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from circuits.zoo import DATA_DIR, language
 from circuits.zoo.tokenizer import build_tokenizer
 from circuits.zoo.train_lm import LMConfig, tokenize_corpus, train_lm
-from circuits.zoo.train_sae import SAEConfig, train_sae
 
 SVA_TEMPLATES = {
     "sva-simple": "simple",
@@ -30,14 +26,35 @@ SVA_TEMPLATES = {
 
 
 @dataclass(frozen=True)
+class DictionaryConfig:
+    """Options of `circuits.train_dictionaries` for the zoo's SAEs (one per submodule, all
+    trained together from the same forwards over the zoo's corpus).
+
+    ``widths`` overrides ``width`` per submodule: the embedding and the first MLP take only as
+    many distinct values as the vocabulary (495 words), and wider dictionaries there (and at
+    ``attn_3``) leave many latents that never fire.
+    """
+
+    activation: str = "topk"
+    width: int = 1024
+    widths: dict[str, int] = field(
+        default_factory=lambda: {"embed": 512, "mlp_0": 256, "attn_3": 512}
+    )
+    k: int = 16
+    steps: int = 2000
+    batch_size: int = 2048
+    buffer_tokens: int = 2**16
+    dead_after: int = 200_000
+
+
+@dataclass(frozen=True)
 class ZooConfig:
     """Everything that decides what the zoo contains; the default is the shipped zoo."""
 
     seed: int = 0
     n_docs: int = 120_000
     lm: LMConfig = field(default_factory=LMConfig)
-    sae: SAEConfig = field(default_factory=SAEConfig)
-    sae_tokens: int = 1_000_000
+    dictionaries: DictionaryConfig = field(default_factory=DictionaryConfig)
     task_pairs: dict[str, int] = field(
         default_factory=lambda: {"train": 1000, "test": 200, "generalisation": 200}
     )
@@ -48,8 +65,9 @@ class ZooConfig:
 QUICK = ZooConfig(
     n_docs=400,
     lm=LMConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, seq_len=64, minutes=0.1),
-    sae=SAEConfig(width=64, steps=40, batch_size=256, warmup_steps=5, resample_every=20),
-    sae_tokens=4096,
+    dictionaries=DictionaryConfig(
+        width=64, widths={}, k=4, steps=40, batch_size=256, buffer_tokens=2048
+    ),
     task_pairs={"train": 16, "test": 16, "generalisation": 16},
     bios={"ambiguous": 32, "balanced": 32},
     eval_docs=16,
@@ -107,39 +125,24 @@ def _build_tasks(config: ZooConfig, out_dir: Path) -> None:
 
 
 def _build_dictionaries(config: ZooConfig, out_dir: Path) -> None:
-    from circuits.dictionaries import SAE, ReLU, save_dictionary, sfc_directory_name
+    """TopK SAEs for every submodule (`circuits.train_dictionaries`; resumes from its
+    checkpoint), in dictionary_learning's layout with a metrics file each."""
+    from circuits.dictionaries.training import train_dictionaries
     from circuits.models import load_model
 
     model = load_model(out_dir / "model")
-    n_docs = -(-config.sae_tokens // (config.lm.seq_len - 1))
-    docs = language.corpus(n_docs, seed=config.seed + 1, doc_len=config.lm.seq_len - 1)
-    acts = collect_activations(model, docs, batch_size=64)
-    for i, sub in enumerate(tqdm(model.submodules, desc="train SAEs")):
-        w = train_sae(acts.pop(sub.name), config.sae, seed=config.seed + i, desc=sub.name)
-        sae = SAE(w.W_enc, w.b_enc, w.W_dec, w.b_dec, ReLU())
-        save_dictionary(sae, out_dir / "dictionaries" / sfc_directory_name(sub.kind, sub.layer))
-
-
-def collect_activations(model, docs: list[str], *, batch_size: int) -> dict[str, torch.Tensor]:
-    """Activations of every submodule at every real (non-padding) token of ``docs``.
-
-    BOS is kept: its activations are large and constant, and an SAE that never saw them breaks
-    the model when spliced in at position 0, which every later position attends to.
-
-    Returns:
-        ``{submodule name: [n_tokens, width]}`` in float16 (half the memory; the SAE trainer
-        computes in float32).
-    """
-    from circuits.zoo.card import run_saving
-
-    chunks: dict[str, list[torch.Tensor]] = {s.name: [] for s in model.submodules}
-    for start in tqdm(range(0, len(docs), batch_size), desc="collect activations", leave=False):
-        batch = model.tokenize(docs[start : start + batch_size])
-        saved = run_saving(model, batch)
-        keep = batch.attention_mask.bool()
-        for name, act in saved.items():
-            chunks[name].append(act[keep].half())
-    return {name: torch.cat(parts) for name, parts in chunks.items()}
+    options = asdict(config.dictionaries)
+    widths = options.pop("widths")
+    options["width"] = {s.name: widths.get(s.name, options["width"]) for s in model.submodules}
+    train_dictionaries(
+        model,
+        "zoo",
+        out_dir / "dictionaries",
+        **options,
+        context_length=config.lm.seq_len,
+        eval_docs=config.eval_docs,
+        seed=config.seed + 1,
+    )
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -122,8 +122,9 @@ def measure(zoo_dir: Path, *, eval_docs: int, seed: int) -> dict:
         spliced_ce = cross_entropy(spliced_logits(model, text, sub, d), text)
         zero_ce = cross_entropy(spliced_logits(model, text, sub, torch.zeros_like), text)
         recovered = (zero_ce - spliced_ce) / (zero_ce - clean_ce) if zero_ce > clean_ce else None
-        tests = [t for (_, split), t in tasks.items() if split == "test"]
-        accs = [task_scores(model, t, sub, d)[0] for t in tests]
+        tests = {name: t for (name, split), t in tasks.items() if split == "test"}
+        accs = {name: task_scores(model, t, sub, d)[0] for name, t in tests.items()}
+        drops = [card["tasks"][name]["test"]["accuracy"] - acc for name, acc in accs.items()]
         card["saes"][sub.name] = {
             "width": d.width,
             "fvu": round(fvu.item(), 4),
@@ -133,6 +134,7 @@ def measure(zoo_dir: Path, *, eval_docs: int, seed: int) -> dict:
             "delta_ce": round(spliced_ce - clean_ce, 4),
             "zero_ablation_delta_ce": round(zero_ce - clean_ce, 4),
             "ce_recovered": None if recovered is None else round(recovered, 4),
-            "min_test_accuracy_spliced": round(min(accs), 4) if accs else None,
+            "min_test_accuracy_spliced": round(min(accs.values()), 4) if accs else None,
+            "max_test_accuracy_drop": round(max(drops), 4) if drops else None,
         }
     return card

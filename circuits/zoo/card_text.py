@@ -57,19 +57,22 @@ def card_markdown(card: dict) -> str:
     ]
     lines += [
         "",
-        "## SAEs (held-out text; ΔCE = loss with the SAE spliced in minus clean loss)",
+        "## SAEs (held-out text; ΔCE = loss with the SAE spliced in minus clean loss; accuracy "
+        "drop = the largest fall of a task's test accuracy with the SAE spliced in)",
         "",
         "| submodule | width | var. explained | L0 | dead | ΔCE (nats) | CE recovered | "
-        "min task acc. spliced |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "min task acc. spliced | largest acc. drop |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in card["saes"].items():
         rec = "n/a" if r["ce_recovered"] is None else f"{r['ce_recovered']:.3f}"
         acc = r["min_test_accuracy_spliced"]
         acc = "n/a" if acc is None else f"{acc:.3f}"
+        drop = r.get("max_test_accuracy_drop")
+        drop = "n/a" if drop is None else f"{drop:+.3f}"
         lines.append(
             f"| {name} | {r['width']} | {r['variance_explained']:.3f} | {r['l0']:.1f} | "
-            f"{r['dead_fraction']:.3f} | {r['delta_ce']:.4f} | {rec} | {acc} |"
+            f"{r['dead_fraction']:.3f} | {r['delta_ce']:.4f} | {rec} | {acc} | {drop} |"
         )
     if "build_seconds" in card:
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in card["build_seconds"].items())

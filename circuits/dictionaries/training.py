@@ -1,0 +1,638 @@
+"""Train sparse autoencoders on a model's activations: ``train_dictionaries``.
+
+The recipe is the k-sparse autoencoder of Gao et al. 2024 ("Scaling and evaluating sparse
+autoencoders"), with BatchTopK (Bussmann et al. 2024), ReLU + L1 and JumpReLU (Rajamanoharan et
+al. 2024) as alternatives. Each SAE reads activations ``x [tokens, d_model]``:
+
+    f = activation((x - b_dec) @ W_enc + b_enc)        # [tokens, width]
+    x_hat = f @ W_dec + b_dec                          # [tokens, d_model]
+
+with unit-norm rows of ``W_dec [width, d_model]``. The trained weights are exactly an ``SAE``
+with a ``TopK``, ``BatchTopK``, ``ReLU`` or ``JumpReLU`` activation, saved by ``save_dictionary``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import count, islice
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from circuits.dictionaries.base import SAE, BatchTopK, JumpReLU, ReLU, TopK
+from circuits.dictionaries.formats import PathLike, save_dictionary
+from circuits.dictionaries.mapping import sfc_directory_name
+
+__all__ = ["train_dictionaries", "TrainedDictionary"]
+
+Activation = Literal["topk", "batchtopk", "relu", "jumprelu"]
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+SCHEMA_VERSION = 1
+_ZOO_CHUNK = 256  # documents per call of the zoo's corpus generator
+_JUMP_INIT = 0.1  # JumpReLU: initial threshold, in normalised units
+_JUMP_BANDWIDTH = 0.05  # JumpReLU: width of the straight-through kernel, in normalised units
+_DEFAULT_SPARSITY = {"relu": 1.0, "jumprelu": 0.1}
+
+
+class TrainedDictionary(NamedTuple):
+    """One trained SAE: the dictionary (reading raw activations), its metrics and its folder."""
+
+    dictionary: SAE
+    metrics: dict[str, Any]
+    path: Path
+
+
+# ------------------------------------------------------------------------------------------------
+# One SAE under training, on normalised activations x / scale with E‖x / scale‖² = d_model
+
+
+class _Jump(torch.autograd.Function):
+    """JumpReLU ``f = pre · 1[pre > θ]`` and its step ``1[pre > θ]`` (for L0), with the
+    straight-through estimator: ``pre`` gets f's gradient where it fires, ``θ`` gets a
+    rectangle-kernel pseudo-derivative, ``-θ/ε`` for f and ``-1/ε`` for the step."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(pre, threshold)
+        on = (pre > threshold).to(pre)  # [tokens, width]
+        return pre * on, on
+
+    @staticmethod
+    def backward(ctx, grad_f: Tensor, grad_step: Tensor) -> tuple[Tensor, Tensor]:
+        pre, threshold = ctx.saved_tensors
+        near = ((pre - threshold).abs() < _JUMP_BANDWIDTH / 2).to(pre) / _JUMP_BANDWIDTH
+        grad_threshold = -(near * (threshold * grad_f + grad_step)).sum(0)  # [width]
+        return grad_f * (pre > threshold), grad_threshold
+
+
+def _geometric_median(x: Tensor, iterations: int = 30) -> Tensor:
+    """Weiszfeld's iteration on ``x [tokens, d_model]``, started at the mean; ``[d_model]``."""
+    median = x.mean(0)
+    for _ in range(iterations):
+        weights = 1 / (x - median).norm(dim=-1).clamp_min(1e-8)  # [tokens]
+        median = (weights[:, None] * x).sum(0) / weights.sum()
+    return median
+
+
+class _Trainee(nn.Module):
+    """Parameters, dead-latent counts, BatchTopK threshold and Adam state of one SAE."""
+
+    def __init__(
+        self, d_model: int, width: int, *, activation: Activation, k: int, lr: float,
+        sparsity: float, auxk_alpha: float, k_aux: int, dead_after: int,
+        generator: torch.Generator,
+    ):  # fmt: skip
+        super().__init__()
+        self.activation, self.k, self.lr, self.sparsity = activation, k, lr, sparsity
+        self.auxk_alpha, self.k_aux, self.dead_after = auxk_alpha, min(k_aux, width), dead_after
+        W_dec = torch.randn(width, d_model, generator=generator)
+        W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)  # [width, d_model], unit-norm rows
+        self.W_enc = nn.Parameter(W_dec.T.clone())  # [d_model, width]
+        self.b_enc = nn.Parameter(torch.zeros(width))  # [width]
+        self.b_dec = nn.Parameter(torch.zeros(d_model))  # [d_model]
+        if activation == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.full((width,), math.log(_JUMP_INIT)))
+        self.register_buffer("scale", torch.tensor(1.0))  # []: raw = scale * normalised
+        self.register_buffer("threshold", torch.tensor(-1.0))  # []: BatchTopK, -1 until learned
+        self.register_buffer("threshold_updates", torch.tensor(0))  # []
+        self.register_buffer("since_fired", torch.zeros(width, dtype=torch.long))  # [width]
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr, betas=(0.9, 0.999))
+
+    @torch.no_grad()
+    def initialise(self, raw: Tensor) -> None:
+        """Fix ``scale`` from ``raw [tokens, d_model]``; put b_dec at its geometric median."""
+        raw = raw.float()
+        self.scale.fill_(raw.pow(2).sum(-1).mean().div(raw.shape[-1]).sqrt().clamp_min(1e-12))
+        self.b_dec.copy_(_geometric_median(raw[:4096] / self.scale))
+
+    def step(self, x: Tensor, lr_factor: float, *, learn_threshold: bool) -> dict[str, Tensor]:
+        """One Adam step on normalised ``x [tokens, d_model]``; returns scalar statistics.
+
+        1. pre = (x - b_dec) W_enc + b_enc; f = TopK (k per token), BatchTopK (the k·tokens
+           largest of ReLU(pre) over the batch), ReLU, or JumpReLU of pre;
+           e = x - (f W_dec + b_dec).
+        2. loss = ‖e‖² + one of: (TopK, BatchTopK) α‖e - ê‖², ê decoding (without b_dec) the
+           k_aux largest ReLU'd pre-activations among dead latents (no firing in the last
+           ``dead_after`` tokens); (ReLU) λ Σ f; (JumpReLU) λ L0.
+        3. Remove from each decoder row's gradient its part along the row, step, renormalise
+           the rows.
+        4. BatchTopK with ``learn_threshold``: fold the smallest positive feature into θ, a
+           running mean over the first 1000 updates, an exponential average (β = 0.999) after.
+        """
+        pre = (x - self.b_dec) @ self.W_enc + self.b_enc  # [tokens, width]
+        if self.activation == "topk":
+            f = TopK(self.k)(pre)
+        elif self.activation == "batchtopk":
+            acts = pre.relu().flatten()
+            values, indices = acts.topk(self.k * pre.shape[0], sorted=False)
+            f = torch.zeros_like(acts).scatter(0, indices, values).view_as(pre)
+        elif self.activation == "relu":
+            f = pre.relu()
+        else:
+            f, on = _Jump.apply(pre, self.log_threshold.exp())
+        e = x - (f @ self.W_dec + self.b_dec)  # [tokens, d_model]
+        mse = e.pow(2).sum(-1).mean()
+        with torch.no_grad():
+            self.since_fired += x.shape[0]
+            self.since_fired[(f > 0).any(0)] = 0
+            if learn_threshold and self.activation == "batchtopk":
+                positive = f[f > 0]
+                smallest = positive.min() if positive.numel() else torch.zeros_like(self.threshold)
+                n = self.threshold_updates.item()
+                beta = min(0.999, n / (n + 1))
+                self.threshold.copy_(beta * self.threshold.clamp_min(0) + (1 - beta) * smallest)
+                self.threshold_updates += 1
+        dead = self.since_fired >= self.dead_after  # [width]
+        penalty = torch.zeros_like(mse)
+        if self.activation in ("topk", "batchtopk") and self.auxk_alpha > 0 and dead.any():
+            values, indices = pre.masked_fill(~dead, -torch.inf).topk(self.k_aux, sorted=False)
+            aux = torch.zeros_like(pre).scatter(-1, indices, values.relu())  # [tokens, width]
+            penalty = self.auxk_alpha * (e.detach() - aux @ self.W_dec).pow(2).sum(-1).mean()
+        elif self.activation == "relu":
+            penalty = self.sparsity * f.sum(-1).mean()
+        elif self.activation == "jumprelu":
+            penalty = self.sparsity * on.sum(-1).mean()
+        loss = mse + penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            grad = self.W_dec.grad  # [width, d_model]
+            grad -= (grad * self.W_dec).sum(-1, keepdim=True) * self.W_dec
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr * lr_factor
+            self.optimizer.step()
+            self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True)
+        return {
+            "loss": loss.detach(),
+            "fvu": mse.detach() / (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12),
+            "l0": (f > 0).sum(-1).float().mean(),
+            "dead_fraction": dead.float().mean(),
+        }
+
+    @torch.no_grad()
+    def export(self) -> SAE:
+        """The SAE on raw activations: ``(x - s b_dec) W_enc + s b_enc = s · pre(x / s)``, so
+        scaling biases and thresholds by ``s`` scales features by ``s`` and reconstructions
+        ``f W_dec + s b_dec`` back to raw units."""
+        s = self.scale
+        if self.activation == "topk":
+            act: nn.Module = TopK(self.k)
+        elif self.activation == "batchtopk":
+            learned = self.threshold >= 0  # never learned: -1 keeps every positive feature
+            act = BatchTopK(self.k, torch.where(learned, self.threshold * s, -1.0).cpu())
+        elif self.activation == "relu":
+            act = ReLU()
+        else:
+            act = JumpReLU((self.log_threshold.exp() * s).cpu())
+        weights = (self.W_enc, self.b_enc * s, self.W_dec, self.b_dec * s)
+        return SAE(*(w.detach().cpu().contiguous() for w in weights), act)
+
+
+def _lr_factor(step: int, steps: int) -> float:
+    """Linear warm-up over 5% of the steps (at most 1000), linear decay over the last 20%."""
+    warmup = max(1, min(1000, steps // 20))
+    return min(1.0, (step + 1) / warmup) * min(1.0, (steps - step) / max(1.0, 0.2 * steps))
+
+
+# ------------------------------------------------------------------------------------------------
+# Documents and activations
+
+
+class _Corpus:
+    """Documents; the first ``n_heldout`` are held out, the rest cycle for training."""
+
+    def __init__(self, source: Sequence[str] | PathLike, n_heldout: int, seed: int):
+        self.source, self.seed, self.docs = source, seed, None
+        n: int | None = None
+        if isinstance(source, str) and source == "zoo":
+            self.fingerprint = f"zoo:{seed}"
+        elif isinstance(source, (str, os.PathLike)):
+            self.source = Path(source)
+            if not self.source.is_file():
+                raise FileNotFoundError(
+                    f'no corpus file at {self.source}; pass texts, a .txt / .jsonl file or "zoo"'
+                )
+            n = sum(1 for _ in self._read(0))
+            self.fingerprint = f"{self.source.resolve()}:{self.source.stat().st_size}"
+        else:
+            if not all(isinstance(d, str) for d in source):
+                raise TypeError("corpus must be a list of strings, a file path or 'zoo'")
+            self.docs = [d for d in source if d.strip()]
+            n = len(self.docs)
+            self.fingerprint = hashlib.sha256("\0".join(self.docs).encode()).hexdigest()
+        if n == 0:
+            raise ValueError("the corpus is empty: it holds no non-blank document")
+        if n is not None and n <= n_heldout:
+            raise ValueError(
+                f"the corpus has {n} documents, all held out for evaluation (eval_docs="
+                f"{n_heldout}); give more documents or a smaller eval_docs"
+            )
+        self.n_heldout, self.n_train = n_heldout, None if n is None else n - n_heldout
+        self.heldout = list(islice(self._read(0), n_heldout))
+
+    def _read(self, start: int) -> Iterator[str]:
+        """Documents from index ``start`` on (without end for the zoo)."""
+        if self.docs is not None:
+            yield from islice(self.docs, start, None)
+        elif isinstance(self.source, Path):
+            yield from islice(_read_file(self.source), start, None)
+        else:
+            from circuits.zoo import language
+
+            chunk, offset = divmod(start, _ZOO_CHUNK)
+            for c in count(chunk):
+                yield from language.corpus(_ZOO_CHUNK, seed=self.seed * 1_000_003 + c)[offset:]
+                offset = 0
+
+    def training(self, start: int) -> Iterator[str]:
+        """Training documents from the ``start``-th on, cycling without end."""
+        if self.n_train is None:
+            yield from self._read(self.n_heldout + start)
+            return
+        start %= self.n_train
+        while True:
+            yield from islice(self._read(self.n_heldout + start), self.n_train - start)
+            start = 0
+
+
+def _read_file(path: Path) -> Iterator[str]:
+    """Non-blank documents of a file: one per line, or the "text" of each line of a .jsonl."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            text = line.strip()
+            if text and path.suffix == ".jsonl":
+                try:
+                    text = json.loads(line)["text"]
+                except (ValueError, TypeError, KeyError):
+                    text = None
+                if not isinstance(text, str):
+                    raise ValueError(f'{path}:{number}: not a JSON object with a "text" string')
+            if text.strip():
+                yield text
+
+
+def _tokenize(model: Any, texts: list[str], context_length: int | None) -> Any:
+    """A `Batch` of ``texts`` cut to ``context_length`` tokens."""
+    from circuits.models import Batch
+
+    batch = model.tokenize(texts)
+    if context_length is None or batch.input_ids.shape[1] <= context_length:
+        return batch
+    mask = batch.attention_mask[:, :context_length]
+    return Batch(batch.input_ids[:, :context_length], mask, mask.sum(1) - 1)
+
+
+def _read(model: Any, batch: Any, names: Sequence[str]) -> dict[str, Tensor]:
+    """Activations ``{name: [batch, pos, width]}`` of ``names`` (forward order), one forward."""
+    import nnsight
+
+    with torch.no_grad():
+        with model.trace(batch):
+            saved = nnsight.save({name: model.read(name) for name in names})
+    return saved
+
+
+class _Buffer:
+    """Activations of every trained submodule at the same tokens, shuffled, refilled when used.
+
+    Fill ``i`` runs forwards over the next training documents until it holds at least
+    ``buffer_tokens`` real tokens (BOS included), then serves ``batch_size`` rows at a time in an
+    order drawn from a generator seeded by ``(seed, i)``. A fill is thus fixed by its index and
+    first document, all a checkpoint needs to rebuild it.
+    """
+
+    def __init__(self, model: Any, names: list[str], corpus: _Corpus, options: Mapping):
+        self.model, self.names, self.corpus, self.o = model, names, corpus, options
+
+    def load(self, fill: int, position: int, offset: int = 0) -> None:
+        """Fill number ``fill`` from training document ``position``; skip ``offset`` batches."""
+        o, docs = self.o, self.corpus.training(position)
+        parts: dict[str, list[Tensor]] = {name: [] for name in self.names}
+        n = used = 0
+        while n < o["buffer_tokens"]:
+            texts = list(islice(docs, o["text_batch_size"]))
+            batch = _tokenize(self.model, texts, o["context_length"])
+            keep = batch.attention_mask.bool()
+            for name, act in _read(self.model, batch, self.names).items():
+                parts[name].append(act[keep.to(act.device)])
+            n, used = n + int(keep.sum()), used + len(texts)
+            if used >= (self.corpus.n_train or math.inf) and n < o["batch_size"]:
+                raise ValueError(
+                    f"the corpus's {self.corpus.n_train} training documents hold {n} tokens, "
+                    f"fewer than one batch (batch_size={o['batch_size']}); give more text"
+                )
+        self.acts = {name: torch.cat(p) for name, p in parts.items()}  # {name: [n, width]}
+        generator = torch.Generator().manual_seed(o["seed"] * 1_000_003 + fill)
+        self.order = torch.randperm(n, generator=generator)  # [n]
+        self.fill, self.position, self.next_position = fill, position, position + used
+        self.offset, self.n_batches = offset, n // o["batch_size"]
+
+    def next(self) -> dict[str, Tensor]:
+        """The next batch ``{name: [batch_size, width]}``, refilling when the fill is used up."""
+        if self.offset == self.n_batches:
+            self.load(self.fill + 1, self.next_position)
+        size = self.o["batch_size"]
+        rows = self.order[self.offset * size : (self.offset + 1) * size]
+        self.offset += 1
+        return {name: a[rows.to(a.device)] for name, a in self.acts.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation on held-out text
+
+
+@torch.no_grad()
+def _evaluate(model, saes: Mapping[str, SAE], corpus: _Corpus, task, options: Mapping) -> dict:
+    """Metrics per SAE on the held-out documents (every real token, BOS included).
+
+    Variance explained ``1 - Σ‖x - x_hat‖² / Σ‖x - mean(x)‖²``, mean L0, the fraction of
+    features that never fire, and mean next-token cross-entropy (nats) with the SAE spliced in
+    minus without; given a task, its accuracy with and without the SAE.
+    """
+    from circuits.zoo.card import cross_entropy, spliced_logits, task_scores
+
+    spliced = {name: copy.deepcopy(sae).to(dtype=model.dtype) for name, sae in saes.items()}
+    sums = {name: dict.fromkeys(("err", "x2", "x", "l0", "ce", "fired"), 0.0) for name in saes}
+    clean = targets = tokens = 0.0
+    for start in range(0, len(corpus.heldout), options["text_batch_size"]):
+        texts = corpus.heldout[start : start + options["text_batch_size"]]
+        batch = _tokenize(model, texts, options["context_length"])
+        n_targets = int(batch.attention_mask[:, 1:].sum())
+        if n_targets:
+            clean += cross_entropy(spliced_logits(model, batch), batch) * n_targets
+        targets, tokens = targets + n_targets, tokens + int(batch.attention_mask.sum())
+        for name, act in _read(model, batch, list(saes)).items():
+            sae, s = saes[name], sums[name]
+            x = act[batch.attention_mask.bool().to(act.device)].to(sae.W_enc)  # [tokens, d]
+            f = sae.encode(x)  # [tokens, width]
+            s["err"] += (x - sae.decode(f)).double().pow(2).sum().item()
+            s["x2"] += x.double().pow(2).sum().item()
+            s["x"] = s["x"] + x.double().sum(0)
+            s["l0"] += (f > 0).sum().item()
+            s["fired"] = (f > 0).any(0) | (s["fired"] > 0)
+            if n_targets:
+                logits = spliced_logits(model, batch, name, spliced[name])
+                s["ce"] += cross_entropy(logits, batch) * n_targets
+    metrics, accuracy = {}, None if task is None else task_scores(model, task)[0]
+    for name, s in sums.items():
+        fvu = s["err"] / (s["x2"] - s["x"].pow(2).sum().item() / tokens)
+        metrics[name] = {
+            "eval_tokens": int(tokens),
+            "variance_explained": 1 - fvu,
+            "fvu": fvu,
+            "l0": s["l0"] / tokens,
+            "dead_fraction": 1 - s["fired"].float().mean().item(),
+            "ce_clean": clean / targets if targets else None,
+            "ce_spliced": s["ce"] / targets if targets else None,
+            "delta_ce": (s["ce"] - clean) / targets if targets else None,
+            "task": None if task is None else task.name,
+            "task_accuracy": accuracy,
+            "task_accuracy_spliced": None
+            if task is None
+            else task_scores(model, task, name, spliced[name])[0],
+        }
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# The public function
+
+
+def _per_submodule(value: Any, names: Sequence[str], what: str) -> dict[str, int]:
+    """``{name: value}`` from one value or a mapping naming exactly ``names``; positive ints."""
+    if isinstance(value, Mapping):
+        unknown, missing = set(value) - set(names), [n for n in names if n not in value]
+        if unknown or missing:
+            raise ValueError(
+                f"the {what} mapping must name exactly the trained submodules {list(names)}; "
+                f"unknown: {sorted(unknown)}, missing: {missing}"
+            )
+    out = {n: value[n] if isinstance(value, Mapping) else value for n in names}
+    for name, v in out.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{what} for {name} must be a positive integer, got {v!r}")
+    return out
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write`` a temporary file beside ``path``, then move it into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def train_dictionaries(
+    model: Any,
+    corpus: Sequence[str] | PathLike | Literal["zoo"],
+    out_dir: PathLike,
+    *,
+    submodules: Sequence[str] | None = None,
+    activation: Activation = "topk",
+    width: int | Mapping[str, int] = 4096,
+    k: int | Mapping[str, int] = 32,
+    steps: int = 5000,
+    batch_size: int = 4096,
+    lr: float | None = None,
+    sparsity_coefficient: float | None = None,
+    auxk_alpha: float = 1 / 32,
+    k_aux: int | None = None,
+    dead_after: int = 1_000_000,
+    buffer_tokens: int = 2**16,
+    text_batch_size: int = 32,
+    context_length: int | None = 128,
+    eval_docs: int = 64,
+    task: Any = None,
+    checkpoint_every: int | None = 500,
+    resume: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    callback: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
+) -> dict[str, TrainedDictionary]:
+    """Train one sparse autoencoder per submodule of ``model`` on activations of ``corpus``.
+
+    Steps:
+
+    1. Hold out the first ``eval_docs`` documents; cycle through the others in order.
+    2. Fill a buffer: forwards over ``text_batch_size`` documents at a time (cut to
+       ``context_length`` tokens) read all trained submodules at once, keeping each real token's
+       activation, until ``buffer_tokens`` tokens ``[tokens, width]`` are held per submodule;
+       serve shuffled batches of ``batch_size`` rows, refill when used up.
+    3. From the first fill, per submodule: a scale ``s`` with E‖x / s‖² = d_model, and b_dec at
+       the geometric median of ``x / s``. Decoder rows start as random unit vectors, the
+       encoder as the decoder's transpose.
+    4. Every step trains every SAE on its batch (reconstruction plus AuxK or a sparsity penalty,
+       decoder-parallel gradient removed, rows renormalised) with Adam, linear warm-up and decay.
+    5. Every ``checkpoint_every`` steps write ``out_dir/checkpoint.pt`` atomically; a later call
+       with the same arguments resumes there and ends with the weights of an uninterrupted run.
+    6. Fold ``s`` into the weights so the saved SAE reads raw activations; save each with
+       ``save_dictionary`` in its Sparse Feature Circuits folder (``embed/``,
+       ``attn_out_layer{i}/``, ...), where ``load_dictionaries(model, out_dir)`` finds it, with
+       ``metrics.json`` measured on the held-out documents: variance explained, L0, dead
+       fraction, ΔCE in nats (SAE spliced in minus clean), and ``task`` accuracy if given.
+       Remove the checkpoint.
+
+    Args:
+        model: a `circuits.models.Model` from ``load_model``.
+        corpus: a list of texts; a plain-text file (one document per line) or a ``.jsonl``
+            file (a "text" field per line); or ``"zoo"`` (``circuits.zoo.language.corpus``,
+            generated as needed). Blank documents are skipped.
+        out_dir: the output folder.
+        submodules: names to train (``embed``, ``attn_i``, ``mlp_i``, ``resid_i``); default all.
+        activation: ``"topk"`` (k per token), ``"batchtopk"`` (k·tokens per batch in training, a
+            learned threshold at inference), ``"relu"`` (L1 penalty) or ``"jumprelu"`` (a
+            learned threshold per feature, straight-through estimator, L0 penalty).
+        width: dictionary size: one value, or ``{submodule: width}``.
+        k: active latents per token (TopK, BatchTopK): one value, or ``{submodule: k}``.
+        steps: optimiser steps; each SAE sees ``batch_size`` tokens per step.
+        batch_size: tokens per step.
+        lr: Adam's learning rate; by default ``2e-4 / sqrt(width / 2**14)`` (Gao et al.).
+        sparsity_coefficient: λ of the L1 (ReLU; default 1.0) or L0 (JumpReLU; default 0.1)
+            penalty, on normalised activations.
+        auxk_alpha: weight α of the AuxK loss (TopK, BatchTopK); 0 turns it off.
+        k_aux: dead latents AuxK uses per token; default ``d_model // 2``.
+        dead_after: tokens without firing after which a latent counts as dead.
+        buffer_tokens: tokens held per submodule between refills.
+        text_batch_size: documents per forward.
+        context_length: tokens kept per document (None keeps all).
+        eval_docs: documents held out for the metrics.
+        task: a `circuits.tasks.Task` with patch prompts, scored with each SAE spliced in.
+        checkpoint_every: steps between checkpoints (None: none).
+        resume: continue from ``out_dir/checkpoint.pt`` where there is one.
+        seed: seeds the initialisation, the shuffling and the zoo corpus.
+        progress: show a progress bar (mean loss, FVU, L0 and dead fraction over the SAEs).
+        callback: called after each step as ``callback(step, {submodule: statistics})``.
+
+    Returns:
+        ``{submodule: TrainedDictionary}`` in the model's order, on its device and dtype.
+
+    Raises:
+        ValueError: an empty corpus or one shorter than a batch, an unknown submodule,
+            ``width < 1``, ``k > width``, another bad option, or a checkpoint written with
+            other arguments.
+    """
+    if activation not in ("topk", "batchtopk", "relu", "jumprelu"):
+        raise ValueError(f"activation must be topk, batchtopk, relu or jumprelu: {activation!r}")
+    for what, v in (("steps", steps), ("batch_size", batch_size), ("eval_docs", eval_docs)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{what} must be a positive integer, got {v!r}")
+    if buffer_tokens < batch_size:
+        raise ValueError(f"buffer_tokens={buffer_tokens} is below batch_size={batch_size}")
+    if task is not None and not task.has_patch:
+        raise ValueError(f"task {task.name!r} has no patch prompts to score accuracy with")
+    valid = [s.name for s in model.submodules]
+    wanted = valid if submodules is None else list(submodules)
+    if not wanted or any(n not in valid for n in wanted):
+        unknown = [n for n in wanted if n not in valid]
+        raise ValueError(f"unknown submodule(s) {unknown}; valid names: {valid}")
+    names = [n for n in valid if n in set(wanted)]  # forward order, once each
+    widths, ks = _per_submodule(width, names, "width"), _per_submodule(k, names, "k")
+    for name in names:
+        if activation in ("topk", "batchtopk") and ks[name] > widths[name]:
+            raise ValueError(f"k={ks[name]} exceeds width={widths[name]} for {name}")
+    data = _Corpus(corpus, eval_docs, seed)
+    if sparsity_coefficient is None:
+        sparsity_coefficient = _DEFAULT_SPARSITY.get(activation, 0.0)
+    options = {
+        "submodules": names, "activation": activation, "widths": widths, "ks": ks,
+        "steps": steps, "batch_size": batch_size, "lr": lr, "sparsity": sparsity_coefficient,
+        "auxk_alpha": auxk_alpha, "k_aux": k_aux, "dead_after": dead_after,
+        "buffer_tokens": buffer_tokens, "text_batch_size": text_batch_size,
+        "context_length": context_length, "eval_docs": eval_docs, "seed": seed,
+        "corpus": data.fingerprint,
+    }  # fmt: skip
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, state = out / CHECKPOINT, None
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        saved = json.loads(state["options"])
+        if saved != options:
+            differ = ", ".join(key for key in options if saved.get(key) != options[key])
+            raise ValueError(
+                f"{checkpoint} was written with other arguments ({differ}); pass the same ones "
+                f"to continue, or resume=False to start again"
+            )
+    buffer = _Buffer(model, names, data, options)
+    if state is None:
+        buffer.load(0, 0)
+    else:
+        buffer.load(int(state["fill"]), int(state["position"]), int(state["offset"]))
+    generator = torch.Generator().manual_seed(seed)
+    trainees: dict[str, _Trainee] = {}
+    for name in names:
+        d_model = model.submodule(name).width
+        trainees[name] = _Trainee(
+            d_model, widths[name], activation=activation, k=ks[name],
+            lr=lr if lr is not None else 2e-4 / math.sqrt(widths[name] / 2**14),
+            sparsity=sparsity_coefficient, auxk_alpha=auxk_alpha,
+            k_aux=k_aux if k_aux is not None else max(1, d_model // 2),
+            dead_after=dead_after, generator=generator,
+        ).to(buffer.acts[name].device)  # fmt: skip
+        if state is None:
+            trainees[name].initialise(buffer.acts[name][buffer.order.to(buffer.acts[name].device)])
+        else:
+            trainees[name].load_state_dict(state["trainees"][name])
+            trainees[name].optimizer.load_state_dict(state["optimizers"][name])
+    step = 0 if state is None else int(state["step"])
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, initial=step, desc="train SAEs", disable=not progress)
+    while step < steps:
+        batch, factor = buffer.next(), _lr_factor(step, steps)
+        stats = {
+            name: t.step(
+                batch[name].float() / t.scale,  # [batch_size, d_model]
+                factor,
+                learn_threshold=step >= min(1000, steps // 2),
+            )
+            for name, t in trainees.items()
+        }
+        step += 1
+        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            state = {
+                "schema_version": SCHEMA_VERSION, "options": json.dumps(options), "step": step,
+                "fill": buffer.fill, "position": buffer.position, "offset": buffer.offset,
+                "trainees": {n: t.state_dict() for n, t in trainees.items()},
+                "optimizers": {n: t.optimizer.state_dict() for n, t in trainees.items()},
+            }  # fmt: skip
+            _atomic_write(checkpoint, lambda path, state=state: torch.save(state, path))
+        if callback is not None or step % 10 == 0 or step == steps:
+            floats = {n: {key: v.item() for key, v in s.items()} for n, s in stats.items()}
+            means = {
+                key: sum(s[key] for s in floats.values()) / len(names) for key in stats[names[0]]
+            }
+            bar.set_postfix({key: f"{v:.3g}" for key, v in means.items()}, refresh=False)
+            if callback is not None:
+                callback(step, floats)
+        bar.update(1)
+    bar.close()
+
+    saes = {name: t.export().to(t.scale.device) for name, t in trainees.items()}
+    metrics = _evaluate(model, saes, data, task, options)
+    results = {}
+    for name, sae in saes.items():
+        sub, t = model.submodule(name), trainees[name]
+        folder = save_dictionary(sae, out / sfc_directory_name(sub.kind, sub.layer))
+        record = {
+            "schema_version": SCHEMA_VERSION, "submodule": name, "activation": activation,
+            "width": widths[name], "k": ks[name] if activation in ("topk", "batchtopk") else None,
+            "steps": steps, "tokens": steps * batch_size, "scale": t.scale.item(),
+            "dead_fraction_train": (t.since_fired >= dead_after).float().mean().item(),
+            **metrics[name],
+        }  # fmt: skip
+        text = json.dumps(record, indent=2) + "\n"
+        _atomic_write(folder / METRICS, lambda path, text=text: path.write_text(text))
+        results[name] = TrainedDictionary(sae.to(dtype=model.dtype), record, folder)
+    checkpoint.unlink(missing_ok=True)
+    return results
