@@ -124,7 +124,7 @@ def _discover(args: argparse.Namespace) -> int:
 
 def _held_out_score(args, model, dictionaries, task, circuit) -> dict:
     """Faithfulness and completeness of a found circuit on --eval-task / --eval-split pairs."""
-    from circuits.evaluate import Evaluator, FaithfulnessUndefinedError
+    from circuits.evaluate import FaithfulnessUndefinedError
     from circuits.tasks import load_task
 
     pairs = load_task(args.eval_task or args.task, args.eval_split, n=args.eval_n or args.n)
@@ -134,19 +134,27 @@ def _held_out_score(args, model, dictionaries, task, circuit) -> dict:
         "held_out": pairs.source != task.source,
     }
     try:
-        evaluator = Evaluator(
-            model,
-            dictionaries,
-            pairs,
-            metric=_METRICS[args.metric] if args.metric else None,
-            ablation=args.ablation,
-            protocol=args.protocol,
-            first_layers_intact=args.first_layers_intact,
-            batch_size=args.batch_size,
-        )
+        evaluator = _evaluator(args, model, dictionaries, pairs)
     except FaithfulnessUndefinedError as error:
         return {**where, "error": str(error)}
     return {**where, **evaluator.evaluate(circuit).to_dict()}
+
+
+def _evaluator(args, model, dictionaries, pairs):
+    """The `circuits.evaluate.Evaluator` the scoring options of ``args`` describe."""
+    from circuits.evaluate import Evaluator
+
+    return Evaluator(
+        model,
+        dictionaries,
+        pairs,
+        metric=_METRICS[args.metric] if args.metric else None,
+        ablation=args.ablation,
+        protocol=args.protocol,
+        first_layers_intact=args.first_layers_intact,
+        batch_size=args.batch_size,
+        seed=getattr(args, "seed", 0),
+    )
 
 
 def _score_line(score: dict) -> str:
@@ -164,7 +172,6 @@ def _score_line(score: dict) -> str:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from circuits.dictionaries import load_dictionaries
-    from circuits.evaluate import Evaluator
     from circuits.graph import Circuit
     from circuits.models import load_model
     from circuits.tasks import load_task
@@ -173,17 +180,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     task = load_task(args.task, args.split, n=args.n)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     dictionaries = load_dictionaries(model, args.dictionaries)
-    evaluator = Evaluator(
-        model,
-        dictionaries,
-        task,
-        metric=_METRICS[args.metric] if args.metric else None,
-        ablation=args.ablation,
-        protocol=args.protocol,
-        first_layers_intact=args.first_layers_intact,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    evaluator = _evaluator(args, model, dictionaries, task)
     result = evaluator.evaluate(circuit).to_dict()
     if args.plot and not args.sizes:
         raise ValueError("--plot draws the curve over --sizes; give --sizes K [K ...] too")
