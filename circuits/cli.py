@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from circuits import __version__
+from circuits.tasks import SPLITS  # plain Python: --help stays free of torch
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -673,7 +674,7 @@ def _task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split",
         default="test",
-        choices=["train", "test", "generalisation"],
+        choices=list(SPLITS),
         help="split of a zoo task (ignored for a file)",
     )
     parser.add_argument("--n", type=int, default=64, help="use the first N prompt pairs")
@@ -792,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument(
         "--eval-split",
         default="test",
-        choices=["train", "test", "generalisation"],
+        choices=list(SPLITS),
         help="split the circuit is scored on (a zoo task's held-out pairs)",
     )
     disc.add_argument(
@@ -908,7 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument(
         "--eval-split",
         default="test",
-        choices=["train", "test", "generalisation"],
+        choices=list(SPLITS),
         help="split the circuits are scored on",
     )
     cmp_.add_argument("--eval-n", type=int, default=64, help="score on the first N pairs")

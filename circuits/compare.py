@@ -50,7 +50,7 @@ from circuits.evaluate import (
     intact_layers,
     protocol_text,
 )
-from circuits.models import Model
+from circuits.models import Model, name_or_path
 from circuits.tasks import PromptPair, Task
 from masks.train import train_mask
 
@@ -722,8 +722,4 @@ def _fingerprint(dictionaries: Mapping[str, Dictionary]) -> str:
 
 def _model_name(model: Model) -> str:
     """The wrapped model's ``name_or_path`` (else its class name)."""
-    torch_model = model.torch_model
-    name = getattr(torch_model, "name_or_path", "") or getattr(
-        getattr(torch_model, "config", None), "_name_or_path", ""
-    )
-    return str(name) or type(torch_model).__name__
+    return name_or_path(model.torch_model) or type(model.torch_model).__name__

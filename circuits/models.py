@@ -614,6 +614,14 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     )
 
 
+def name_or_path(torch_model: torch.nn.Module) -> str:
+    """The hub name or directory a Hugging Face model was loaded from ("" when unknown)."""
+    name = getattr(torch_model, "name_or_path", "") or getattr(
+        getattr(torch_model, "config", None), "_name_or_path", ""
+    )
+    return str(name or "")
+
+
 def _resolve_device(device: str | torch.device | None) -> torch.device | None:
     """``device`` as a `torch.device`, refused with one clear line when it is not there."""
     if device is None:
@@ -774,9 +782,7 @@ def load_model(
         if device is not None or dtype is not None:
             torch_model.to(device=device, dtype=dtype)
         if tokenizer is None:
-            name = getattr(torch_model, "name_or_path", "") or getattr(
-                getattr(torch_model, "config", None), "_name_or_path", ""
-            )
+            name = name_or_path(torch_model)
             if not name:
                 raise ValueError(
                     f"This {type(torch_model).__name__} has no name_or_path to find its "

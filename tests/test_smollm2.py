@@ -92,6 +92,19 @@ def _copy_conversion(source_dir: Path, into: Path) -> None:
             shutil.copy(path, into / path.name)
 
 
+def _fake_conversion(converted, monkeypatch) -> list[Path]:
+    """Replace `_convert` by a copy of the session's real conversion; returns the directories
+    it was asked to write, one per call."""
+    calls = []
+
+    def copy(source, into):
+        calls.append(into)
+        _copy_conversion(converted.dir, into)
+
+    monkeypatch.setattr(smollm2, "_convert", copy)
+    return calls
+
+
 # -- the extra --------------------------------------------------------------------------------
 
 
@@ -157,13 +170,7 @@ def test_interrupted_conversion_leaves_nothing_that_loads(converted, tmp_path, m
     with pytest.raises(OSError):
         AutoConfig.from_pretrained(target)
 
-    calls = []
-
-    def copy(source, into):
-        calls.append(into)
-        _copy_conversion(converted.dir, into)
-
-    monkeypatch.setattr(smollm2, "_convert", copy)
+    calls = _fake_conversion(converted, monkeypatch)
     assert smollm2.model_dir(cache_dir=tmp_path) == target
     assert len(calls) == 1 and calls[0] != target
     assert AutoConfig.from_pretrained(target).num_hidden_layers == 30
@@ -180,13 +187,7 @@ def test_a_different_source_is_converted_again(converted, tmp_path, monkeypatch)
     record = json.loads((target / smollm2.SOURCE_FILE).read_text())
     record["gguf_sha256"] = "0" * 64
     (target / smollm2.SOURCE_FILE).write_text(json.dumps(record))
-    calls = []
-
-    def copy(source, into):
-        calls.append(into)
-        _copy_conversion(converted.dir, into)
-
-    monkeypatch.setattr(smollm2, "_convert", copy)
+    calls = _fake_conversion(converted, monkeypatch)
     assert smollm2.model_dir(cache_dir=tmp_path) == target
     assert len(calls) == 1
     again = json.loads((target / smollm2.SOURCE_FILE).read_text())
