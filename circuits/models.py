@@ -730,7 +730,9 @@ def load_model(
             - a built Hugging Face ``PreTrainedModel`` (its tokenizer is ``tokenizer=`` or is
               loaded from the model's ``name_or_path``);
             - a TransformerLens 4.x ``TransformerBridge``: the Hugging Face model it wraps is
-              used, with the bridge's tokenizer;
+              used, with the bridge's tokenizer (which prepends the BOS token when the bridge's
+              ``cfg.default_prepend_bos`` is set, TransformerLens' default, even where the
+              model's own tokenizer does not; pass ``tokenizer=`` to tokenize as the model's);
             - a TransformerLens 3.x ``HookedTransformer`` (where that version is installed).
         device: Where the weights go. None means ``"cpu"`` for a model loaded here and "where it
             already is" for a built one.

