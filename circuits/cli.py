@@ -632,7 +632,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dictionaries",
         default="zoo",
-        help="'zoo', 'neurons' (identity: neuron nodes) or a directory in SFC's layout",
+        help="'zoo', 'neurons' (identity: neuron nodes), a directory in SFC's layout, "
+        "'sae-lens:RELEASE/SAE_ID' or 'sparsify:REPO_ID' (Hugging Face Hub, cache first)",
     )
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
     parser.add_argument(

@@ -15,8 +15,12 @@ Map of this package:
   internal layout: ``W_enc [d_model, width]``, ``W_dec [width, d_model]``. ``save_dictionary``
   writes dictionary_learning's layout (``ae.pt`` + ``config.json``). ``DictionaryFormatError``.
 - ``mapping``: ``load_dictionaries``, one dictionary per submodule of a model (``embed``,
-  ``attn_i``, ``mlp_i``, ``resid_i``) from a directory, a mapping, ``"neurons"`` or ``"zoo"``
-  (``ZOO_DICTIONARIES``); ``sfc_directory_name``.
+  ``attn_i``, ``mlp_i``, ``resid_i``) from a directory, a mapping, ``"neurons"``, ``"zoo"``
+  (``ZOO_DICTIONARIES``) or a Hub spec; ``sfc_directory_name``.
+- ``hub``: Hub specs ``"sae-lens:<release>/<sae_id>"`` and ``"sparsify:<repo_id>"``, resolved
+  through the Hugging Face cache (``fetch_dictionaries``); sae-lens's directory of releases
+  (``sae_lens_releases``, ``SAELensRelease``); TransformerLens hook names to submodule names
+  (``submodule_for_hook``).
 - ``training``: ``train_dictionaries``, TopK / BatchTopK / ReLU / JumpReLU SAEs trained on a
   model's activations and saved in the layout ``load_dictionaries`` reads (``TrainedDictionary``).
 
@@ -40,6 +44,12 @@ from circuits.dictionaries.base import (
 )
 from circuits.dictionaries.formats import DictionaryFormatError, load_dictionary, save_dictionary
 from circuits.dictionaries.formats import PathLike as PathLike  # public before, not in __all__
+from circuits.dictionaries.hub import (
+    SAELensRelease,
+    fetch_dictionaries,
+    sae_lens_releases,
+    submodule_for_hook,
+)
 from circuits.dictionaries.mapping import ZOO_DICTIONARIES, load_dictionaries, sfc_directory_name
 from circuits.dictionaries.training import TrainedDictionary, train_dictionaries
 
@@ -59,6 +69,10 @@ __all__ = [
     "load_dictionaries",
     "sfc_directory_name",
     "ZOO_DICTIONARIES",
+    "fetch_dictionaries",
+    "sae_lens_releases",
+    "SAELensRelease",
+    "submodule_for_hook",
     "train_dictionaries",
     "TrainedDictionary",
 ]

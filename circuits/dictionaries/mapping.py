@@ -1,7 +1,9 @@
 """One dictionary per submodule of a model: ``load_dictionaries`` and the names it looks for.
 
 ``load_dictionaries`` reads a directory in Sparse Feature Circuits' layout (directory names from
-``sfc_directory_name``), a mapping, ``"neurons"`` or ``"zoo"`` (``ZOO_DICTIONARIES``).
+``sfc_directory_name``), a mapping, ``"neurons"``, ``"zoo"`` (``ZOO_DICTIONARIES``), or public SAEs
+on the Hugging Face Hub named ``"sae-lens:<release>/<sae_id>"`` or ``"sparsify:<repo_id>"``
+(resolved by ``circuits.dictionaries.hub``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from circuits.dictionaries.base import Dictionary, Identity
 from circuits.dictionaries.formats import PathLike, load_dictionary
+from circuits.dictionaries.hub import HUB_SCHEMES, fetch_dictionaries
 
 __all__ = ["load_dictionaries", "sfc_directory_name", "ZOO_DICTIONARIES"]
 
@@ -39,11 +42,20 @@ def load_dictionaries(
     """Dictionaries for a model's submodules, moved to the model's device and dtype.
 
     Args:
-        model: the toolkit's model wrapper; only ``model.submodules`` (records with ``name``,
-            ``kind``, ``layer``, ``width``), ``model.device`` and ``model.dtype`` are used.
+        model: the toolkit's model wrapper; ``model.submodules`` (records with ``name``,
+            ``kind``, ``layer``, ``width``), ``model.device`` and ``model.dtype`` are used, and
+            for Hub specs also ``model.site``, ``model.module``, ``model.architecture`` and
+            ``model.torch_model``.
         spec: one of
             - ``"neurons"``: an ``Identity`` of the submodule's width for each submodule;
             - ``"zoo"``: the dictionaries shipped with the zoo (built by ``circuits zoo build``);
+            - ``"sae-lens:<release>/<sae_id>"``: SAEs from sae-lens's directory of pretrained
+              SAEs (``sae_id`` may be a glob, e.g. ``"sae-lens:pythia-70m-deduped-res-sm/*"``),
+              each on the submodule its TransformerLens hook names;
+            - ``"sparsify:<repo_id>"``: every hookpoint folder of an EleutherAI sparsify repo
+              that is a submodule (``layers.3`` is ``resid_3``, ``layers.3.mlp`` is ``mlp_3``).
+              Hub files come from the Hugging Face cache, downloaded first unless
+              ``HF_HUB_OFFLINE`` is set (see ``circuits.dictionaries.hub``);
             - a directory in Sparse Feature Circuits' layout (``embed/``, ``attn_out_layer{i}/``,
               ``mlp_out_layer{i}/``, ``resid_out_layer{i}/``; our names ``attn_{i}/`` etc. also
               work), each holding a dictionary in any format ``load_dictionary`` reads;
@@ -57,9 +69,12 @@ def load_dictionaries(
 
     Raises:
         KeyError: a submodule name the model does not have (the message lists the valid ones).
-        FileNotFoundError: a missing directory, a requested submodule without a dictionary, or the
-            zoo not built.
-        ValueError: a dictionary's ``d_model`` differs from its submodule's width.
+        FileNotFoundError: a missing directory, a requested submodule without a dictionary, the
+            zoo not built, or a Hub file missing from the cache while offline (the message names
+            the repo, the file and the cache, and how to fetch it).
+        ValueError: a dictionary's ``d_model`` differs from its submodule's width; for Hub specs,
+            an unknown release or SAE id, a hook that is no submodule of the model, or two SAEs
+            for one submodule.
     """
     records = {s.name: s for s in model.submodules}
 
@@ -81,6 +96,8 @@ def load_dictionaries(
     elif isinstance(spec, Mapping):
         check_names(list(spec), "the dictionary mapping")
         found = {n: spec[n] for n in wanted if n in spec}
+    elif isinstance(spec, str) and spec.startswith(HUB_SCHEMES):
+        found = dict(fetch_dictionaries(model, spec, submodules=wanted))
     else:
         if isinstance(spec, str) and spec == "zoo":
             root = ZOO_DICTIONARIES
