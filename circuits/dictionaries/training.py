@@ -292,12 +292,14 @@ def _tokenize(model: Any, texts: list[str], context_length: int | None) -> Any:
 
 
 def _read(model: Any, batch: Any, names: Sequence[str]) -> dict[str, Tensor]:
-    """Activations ``{name: [batch, pos, width]}`` of ``names`` (forward order), one forward."""
+    """Activations ``{name: [batch, pos, width]}`` of ``names`` (forward order), one forward
+    that stops after the last of them (the layers above it and the unembedding never run)."""
     import nnsight
 
     with torch.no_grad():
-        with model.trace(batch):
+        with model.trace(batch) as tracer:
             saved = nnsight.save({name: model.read(name) for name in names})
+            tracer.stop()
     return saved
 
 
