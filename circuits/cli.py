@@ -18,9 +18,8 @@ from circuits.tasks import SPLITS  # plain Python: --help stays free of torch
 
 def _info(args: argparse.Namespace) -> int:
     from circuits.dictionaries import load_dictionaries
-    from circuits.models import load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load_model(args)
     dictionaries = load_dictionaries(model, args.dictionaries)
     rows = []
     for sub in model.submodules:
@@ -72,12 +71,11 @@ def _discover(args: argparse.Namespace) -> int:
     from attribution import discover
     from circuits.dictionaries import load_dictionaries
     from circuits.graph import format_summary
-    from circuits.models import load_model
     from circuits.tasks import load_task
 
     start = time.perf_counter()
     task = load_task(args.task, args.split, n=args.n)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load_model(args)
     dictionaries = load_dictionaries(model, args.dictionaries)
     circuit = discover(
         model,
@@ -174,12 +172,11 @@ def _score_line(score: dict) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     from circuits.dictionaries import load_dictionaries
     from circuits.graph import Circuit
-    from circuits.models import load_model
     from circuits.tasks import load_task
 
     circuit = Circuit.load(args.circuit)
     task = load_task(args.task, args.split, n=args.n)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load_model(args)
     dictionaries = load_dictionaries(model, args.dictionaries)
     evaluator = _evaluator(args, model, dictionaries, task)
     result = evaluator.evaluate(circuit).to_dict()
@@ -226,13 +223,12 @@ def _mask(args: argparse.Namespace) -> int:
 
     from circuits.dictionaries import load_dictionaries
     from circuits.graph import format_summary
-    from circuits.models import load_model
     from circuits.tasks import load_task
     from masks import mask_circuit, train_mask
 
     start = time.perf_counter()
     task = load_task(args.task, args.split, n=args.n)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load_model(args)
     dictionaries = load_dictionaries(model, args.dictionaries)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,13 +297,12 @@ def _compare(args: argparse.Namespace) -> int:
 
     from circuits.compare import compare, plan
     from circuits.dictionaries import load_dictionaries
-    from circuits.models import load_model
     from circuits.tasks import load_task
 
     start = time.perf_counter()
     find = load_task(args.task, args.split, n=args.n)
     score = load_task(args.task, args.eval_split, n=args.eval_n)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load_model(args)
     node_sets = {}
     if "features" in args.nodes:
         node_sets["features"] = load_dictionaries(model, args.dictionaries)
@@ -366,10 +361,9 @@ def _ablate(args: argparse.Namespace) -> int:
     from circuits.dictionaries import load_dictionaries
     from circuits.edit import Ablate, next_token_change, read_nodes
     from circuits.graph import parse_node_name
-    from circuits.models import load_model
 
     nodes = read_nodes(args.nodes)
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load_model(args)
     dictionaries = load_dictionaries(model, args.dictionaries)
     values = None
     if args.ablation == "mean":
@@ -462,7 +456,6 @@ def _explore(args: argparse.Namespace) -> int:
 
 def _dashboard(args: argparse.Namespace) -> int:
     from circuits.dictionaries import load_dictionaries
-    from circuits.models import load_model
     from viz.dashboard import dashboards, default_cache_dir, write_dashboard_html
 
     if args.corpus == "zoo":
@@ -481,7 +474,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     nodes = list(dict.fromkeys(name.split("@", 1)[0] for name in nodes))
     if not nodes:
         raise ValueError("name at least one NODE, or a circuit with --circuit")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load_model(args)
     boards = dashboards(
         model,
         load_dictionaries(model, args.dictionaries),
@@ -507,12 +500,11 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _shift(args: argparse.Namespace) -> int:
     from circuits.dictionaries import load_dictionaries
     from circuits.edit import read_nodes
-    from circuits.models import load_model
     from circuits.shift import shift
     from circuits.tasks import read_texts
 
     nodes = read_nodes(args.nodes) if args.nodes else None
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load_model(args)
     dictionaries = load_dictionaries(model, args.dictionaries)
     report = shift(
         model,
@@ -539,10 +531,9 @@ def _shift(args: argparse.Namespace) -> int:
 
 def _train_dictionaries(args: argparse.Namespace) -> int:
     from circuits.dictionaries.training import train_dictionaries
-    from circuits.models import load_model
     from circuits.tasks import load_task
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = _load_model(args)
     names = args.submodules or [sub.name for sub in model.submodules]
     results = train_dictionaries(
         model,
@@ -601,8 +592,17 @@ def _zoo_build(args: argparse.Namespace) -> int:
 
     from circuits.zoo.build import DATA_DIR, QUICK, ZooConfig, build
 
+    if args.out is None and not args.in_package:
+        raise ValueError(
+            "circuits zoo build writes into --out DIR; to rebuild the zoo installed with the "
+            f"package ({DATA_DIR}) pass --in-package"
+        )
+    if args.out is not None and args.in_package:
+        raise ValueError("give --out DIR or --in-package, not both")
+    if args.quick and args.in_package:
+        raise ValueError("a --quick zoo never replaces the installed one; give --out DIR")
     config = replace(QUICK if args.quick else ZooConfig(), seed=args.seed)
-    card = build(config, Path(args.out) if args.out else DATA_DIR, force=args.force)
+    card = build(config, DATA_DIR if args.in_package else Path(args.out), force=args.force)
     print(json.dumps(card, indent=2) if args.json else _card_text(card))
     return 0
 
@@ -612,7 +612,10 @@ def _zoo_info(args: argparse.Namespace) -> int:
 
     path = Path(args.dir or DATA_DIR) / "card.json"
     if not path.exists():
-        print(f"no zoo card at {path}; build the zoo with `circuits zoo build`", file=sys.stderr)
+        print(
+            f"no zoo card at {path}; build the zoo with `circuits zoo build --in-package`",
+            file=sys.stderr,
+        )
         return 1
     card = json.loads(path.read_text())
     print(json.dumps(card, indent=2) if args.json else _card_text(card))
@@ -625,9 +628,18 @@ def _card_text(card: dict) -> str:
     return card_markdown(card)
 
 
+def _load_model(args: argparse.Namespace):
+    """The model `_model_options` names."""
+    from circuits.models import load_model
+
+    return load_model(
+        args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+    )
+
+
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --dictionaries, --device, --dtype, --threads and --no-progress, the same for
-    every command that loads a model."""
+    """--model, --dictionaries, --device, --dtype, --trust-remote-code, --threads and
+    --no-progress, the same for every command that loads a model."""
     parser.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
     parser.add_argument(
         "--dictionaries",
@@ -640,6 +652,11 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=["float32", "float16", "bfloat16"],
         help="cast the model's weights (default: the checkpoint's dtype)" + _NO_DEFAULT,
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a model whose config names code of its own (auto_map) run it",
     )
     _process_options(parser)
 
@@ -1180,7 +1197,12 @@ def build_parser() -> argparse.ArgumentParser:
         "build", help="rebuild the zoo (model, SAEs, tasks, card) from a seed", formatter_class=fmt
     )
     zoo_build.add_argument("--quick", action="store_true", help="tiny sizes, seconds not minutes")
-    zoo_build.add_argument("--out", help="output directory (default: the package's zoo)")
+    zoo_build.add_argument("--out", metavar="DIR", help="output directory" + _NO_DEFAULT)
+    zoo_build.add_argument(
+        "--in-package",
+        action="store_true",
+        help="rebuild the zoo installed with the package (circuits/zoo/data) instead",
+    )
     zoo_build.add_argument(
         "--seed", type=int, default=0, help="seed of the language, the model and the SAEs"
     )

@@ -304,6 +304,8 @@ class Model:
         d_model: Width of the residual stream.
         vocab_size: Width of the logits.
         parallel_attn: Whether attention and MLP read the same residual (no attn -> mlp edge).
+        max_positions: The longest input the model was built for (its config's
+            ``max_position_embeddings``, ``n_positions`` or ``n_ctx``); None when it names none.
         submodules: Every `Submodule` in forward order: embed, attn_0, mlp_0, resid_0, attn_1, ...
     """
 
@@ -335,6 +337,14 @@ class Model:
         self.n_layers = len(blocks)
 
         config = getattr(torch_model, "config", None)
+        self.max_positions: int | None = next(
+            (
+                int(getattr(config, key))
+                for key in ("max_position_embeddings", "n_positions", "n_ctx")
+                if isinstance(getattr(config, key, None), int)
+            ),
+            None,
+        )
         flag = architecture.parallel_attn_flag
         if flag is not None and config is not None and hasattr(config, flag):
             self.parallel_attn = bool(getattr(config, flag))
@@ -434,6 +444,12 @@ class Model:
         empty = [prompt for prompt, ids in zip(prompts, encoded, strict=True) if len(ids) == 0]
         if empty:
             raise ValueError(f"prompts with no tokens: {empty!r}")
+        longest = max(range(len(encoded)), key=lambda row: len(encoded[row]))
+        if self.max_positions is not None and len(encoded[longest]) > self.max_positions:
+            raise ValueError(
+                f"a prompt has {len(encoded[longest])} tokens, more than the model's "
+                f"{self.max_positions} positions: {prompts[longest][:80]!r}...; shorten it"
+            )
         pad_id = next(
             (
                 token
@@ -596,7 +612,7 @@ def _resolve_source(source: str) -> str:
     if not (ZOO_MODEL_DIR / "config.json").is_file():
         raise FileNotFoundError(
             f"The zoo model is missing: expected a saved model at {ZOO_MODEL_DIR}. "
-            "Build it with `circuits zoo build`."
+            "Build it with `circuits zoo build --in-package`."
         )
     return str(ZOO_MODEL_DIR)
 
@@ -660,7 +676,9 @@ def _looks_local(source: str) -> bool:
     )
 
 
-def _load_pretrained(source: str, dtype: torch.dtype | None) -> torch.nn.Module:
+def _load_pretrained(
+    source: str, dtype: torch.dtype | None, trust_remote_code: bool
+) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     if _looks_local(source):
@@ -672,7 +690,9 @@ def _load_pretrained(source: str, dtype: torch.dtype | None) -> torch.nn.Module:
                 "'EleutherAI/pythia-70m-deduped'."
             )
         source = str(path)
-    kwargs = {} if dtype is None else {"dtype": dtype}
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     try:
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as error:
@@ -682,18 +702,37 @@ def _load_pretrained(source: str, dtype: torch.dtype | None) -> torch.nn.Module:
             "model). Pass a local directory, or a hub name such as "
             f"'EleutherAI/pythia-70m-deduped' while online (cached afterwards). Cause: {error}"
         ) from error
+    except ValueError as error:
+        if trust_remote_code or "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(_REMOTE_CODE.format(source=source)) from None
 
 
-def _load_tokenizer(source: str, what: str) -> Any:
+_REMOTE_CODE = (
+    "{source!r} asks to run Python code of its own (auto_map in its config); it is not run "
+    "unless you pass trust_remote_code=True (CLI: --trust-remote-code), after reading that code"
+)
+
+
+def _load_tokenizer(source: str, what: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
+        if not trust_remote_code and "trust_remote_code" in str(error):
+            raise ValueError(_REMOTE_CODE.format(source=source)) from None
         raise OSError(
             f"No tokenizer found for {what} at {source!r}; pass tokenizer= (a tokenizer object or "
             f"the directory/hub name it was saved under). Cause: {error}"
         ) from error
+    if len(tokenizer) <= 1:  # no vocabulary files: transformers builds an empty tokenizer
+        raise OSError(
+            f"The tokenizer for {what} at {source!r} has no vocabulary (no tokenizer.json, "
+            "vocab or merges files there); save the tokenizer beside the model "
+            "(tokenizer.save_pretrained) or pass tokenizer="
+        )
+    return tokenizer
 
 
 def _transformer_lens_classes() -> tuple[type | None, type | None]:
@@ -716,6 +755,7 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     architecture: Architecture | str | None = None,
     tokenizer: Any = None,
+    trust_remote_code: bool = False,
 ) -> Model:
     """Load or wrap a causal language model.
 
@@ -742,6 +782,9 @@ def load_model(
             looking the model's ``config.model_type`` up in the alias table.
         tokenizer: A tokenizer object, or the directory / hub name to load one from. It is copied,
             so the object passed in is never modified.
+        trust_remote_code: Let a model or tokenizer whose config names code of its own
+            (``auto_map``) run that code. Off by default: such a model is refused with a message
+            saying so, never run and never prompted for.
 
     Warning:
         A built model (or bridge) given with ``device``/``dtype`` is moved/cast in place, as
@@ -763,11 +806,11 @@ def load_model(
 
     if isinstance(source, (str, os.PathLike)):
         source = _resolve_source(os.fspath(source))
-        torch_model = _load_pretrained(source, dtype)
+        torch_model = _load_pretrained(source, dtype, trust_remote_code)
         torch_model.to(device if device is not None else "cpu")
         torch_model.eval()
         if tokenizer is None:
-            tokenizer = _load_tokenizer(source, "the model")
+            tokenizer = _load_tokenizer(source, "the model", trust_remote_code)
     elif isinstance(source, torch.nn.Module):
         torch_model = source
         bridge_cls, hooked_cls = (
@@ -800,7 +843,7 @@ def load_model(
     if tokenizer is None:
         raise ValueError("a tokenizer is required; pass tokenizer=")
     if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = _load_tokenizer(os.fspath(tokenizer), "tokenizer=")
+        tokenizer = _load_tokenizer(os.fspath(tokenizer), "tokenizer=", trust_remote_code)
     else:
         tokenizer = copy.deepcopy(tokenizer)
 

@@ -91,7 +91,7 @@ def load_task(name_or_path: str | Path, split: str = "test", *, n: int | None = 
             rebuild = (
                 "rebuild them with `python scripts/build_english_tasks.py`"
                 if english
-                else "build the zoo with `circuits zoo build`"
+                else "build the zoo with `circuits zoo build --in-package`"
             )
             raise TaskError(f"no file for task {name!r}, split {split!r} ({path}); {rebuild}")
     elif path.suffix == ".jsonl" or path.exists():

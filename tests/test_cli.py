@@ -42,6 +42,19 @@ def test_errors_are_one_line_and_say_what_to_do(tmp_path, capsys):
     assert "circuits zoo build" in capsys.readouterr().err
 
 
+def test_zoo_build_never_writes_into_the_package_unless_asked(capsys):
+    from circuits.zoo import DATA_DIR
+
+    before = {p: p.stat().st_mtime_ns for p in DATA_DIR.rglob("*") if p.is_file()}
+    assert main(["zoo", "build", "--quick"]) == 2
+    assert "--out DIR" in capsys.readouterr().err
+    assert main(["zoo", "build", "--quick", "--in-package"]) == 2
+    assert "never replaces the installed one" in capsys.readouterr().err
+    assert main(["zoo", "build", "--force"]) == 2
+    assert "--in-package" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in DATA_DIR.rglob("*") if p.is_file()} == before
+
+
 def _options(parser, command=""):
     """``(command, action)`` for every option of every (sub)command."""
     import argparse

@@ -257,6 +257,11 @@ def test_tokenize_rejects_bad_input(family_model):
         model.tokenize("the cat")
     with pytest.raises(ValueError, match="no tokens"):
         model.tokenize(["the cat", ""], add_special_tokens=False)
+    limit = model.max_positions
+    assert limit == 64  # the tiny configs' position limit
+    model.tokenize(["the"] * (limit - 1))
+    with pytest.raises(ValueError, match=f"{limit + 4} tokens, more than the model's {limit}"):
+        model.tokenize(["the cat", " ".join(["the"] * (limit + 3))])
 
 
 # -- sources --------------------------------------------------------------------------------------
@@ -352,6 +357,38 @@ def test_missing_local_path_names_it(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model(tmp_path / "empty")
+
+
+def test_model_code_is_never_run_unless_trusted(tmp_path):
+    """A directory whose config points at code of its own is refused; the code never runs."""
+    import json
+
+    marker = tmp_path / "ran"
+    directory = tmp_path / "custom"
+    directory.mkdir()
+    code = f"open({str(marker)!r}, 'w').write('ran')\n"
+    for name in ("configuration_custom.py", "modeling_custom.py"):
+        (directory / name).write_text(code)
+    config = {
+        "model_type": "custom-model",
+        "auto_map": {
+            "AutoConfig": "configuration_custom.CustomConfig",
+            "AutoModelForCausalLM": "modeling_custom.CustomModel",
+        },
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="trust_remote_code=True") as error:
+        load_model(directory)
+    assert "--trust-remote-code" in str(error.value)
+    assert not marker.exists()
+
+
+def test_model_directory_without_tokenizer_files(tmp_path):
+    build_tiny_model("gpt2").save_pretrained(tmp_path)
+    with pytest.raises(OSError, match="has no vocabulary") as error:
+        load_model(tmp_path)
+    assert str(tmp_path) in str(error.value)
+    assert load_model(tmp_path, tokenizer=make_tiny_tokenizer()).tokenize(["the cat"])
 
 
 def test_unknown_hub_name_offline(monkeypatch):

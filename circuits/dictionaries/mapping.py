@@ -104,7 +104,7 @@ def load_dictionaries(
             if not root.is_dir():
                 raise FileNotFoundError(
                     f"the zoo is not built: {root} does not exist; "
-                    f"build it with `circuits zoo build`"
+                    "build it with `circuits zoo build --in-package`"
                 )
         else:
             root = Path(spec)
