@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from circuits import __version__
+from circuits.files import write_text
 from circuits.tasks import SPLITS  # plain Python: --help stays free of torch
 
 
@@ -488,7 +489,7 @@ def _dashboard(args: argparse.Namespace) -> int:
         print(json.dumps(boards, indent=1, ensure_ascii=False))
         return 0
     if args.out and Path(args.out).suffix.lower() == ".json":
-        Path(args.out).write_text(json.dumps(boards, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_text(args.out, json.dumps(boards, ensure_ascii=False) + "\n")
         print(f"wrote {args.out}")
     elif args.out:
         print(f"wrote {write_dashboard_html(boards, args.out, title=' '.join(nodes[:5]))}")

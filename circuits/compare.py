@@ -50,6 +50,7 @@ from circuits.evaluate import (
     intact_layers,
     protocol_text,
 )
+from circuits.files import write_text
 from circuits.models import Model, name_or_path
 from circuits.tasks import PromptPair, Task
 from masks.train import train_mask
@@ -281,8 +282,8 @@ class Comparison:
             "json": out / "comparison.json",
             "plot": self.plot(out / "comparison.png", title=title),
         }
-        files["table"].write_text(f"{title}\n\n{self.table()}\n")
-        files["json"].write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        write_text(files["table"], f"{title}\n\n{self.table()}\n")
+        write_text(files["json"], json.dumps(record, indent=1, ensure_ascii=False) + "\n")
         return files
 
     def plot(self, path: str | Path, *, title: str | None = None) -> Path:

@@ -58,6 +58,8 @@ from typing import Any, Literal, NamedTuple
 
 import networkx as nx
 
+from circuits.files import write_text
+
 __all__ = [
     "OUTPUT",
     "ERROR",
@@ -697,12 +699,8 @@ class Circuit:
         The file is written beside its target and then renamed, so an interrupted save never
         leaves a truncated circuit behind.
         """
-        path = Path(path)
         text = json.dumps(self.to_json(), indent=1, ensure_ascii=False, allow_nan=False)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(text + "\n", encoding="utf-8")
-        os.replace(partial, path)
-        return path
+        return write_text(path, text + "\n")
 
     @classmethod
     def from_json(cls, document: Any) -> Circuit:

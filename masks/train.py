@@ -82,6 +82,7 @@ from attribution.splice import Values
 from circuits.ablation import ABLATIONS, Ablation, mix
 from circuits.dictionaries import Dictionary
 from circuits.evaluate import Evaluator, Protocol
+from circuits.files import replacing
 from circuits.graph import ERROR, node_name
 from circuits.metrics import BatchInfo, MetricError, kl_to_clean, logit_diff
 from circuits.models import Batch, Model
@@ -287,9 +288,8 @@ def _fingerprint(evaluator: Evaluator) -> str:
 
 def _save_checkpoint(path: Path, state: dict) -> None:
     """Write ``state`` to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _load_checkpoint(path: Path, config: str) -> dict:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from circuits.files import write_text
 from circuits.graph import parse_node_name
 
 __all__ = [
@@ -95,7 +96,7 @@ def write_annotations(annotations: Mapping[str, str], path: str | os.PathLike) -
             raise ValueError(f"annotation of {name!r} must be a string, got {text!r}")
         lines.append(json.dumps({"Name": name, "Annotation": text}, ensure_ascii=False))
     path = Path(path)
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    write_text(path, "".join(line + "\n" for line in lines))
     return path
 
 

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from circuits.files import write_text
 from circuits.graph import parse_node_name
 
 __all__ = [
@@ -245,10 +246,7 @@ def dashboards(
             results[name] = board
             if cache is not None:
                 cache.mkdir(parents=True, exist_ok=True)
-                path = cache / f"{keys[name]}.json"
-                partial = path.with_name(path.name + ".partial")
-                partial.write_text(json.dumps(board, ensure_ascii=False), encoding="utf-8")
-                os.replace(partial, path)
+                write_text(cache / f"{keys[name]}.json", json.dumps(board, ensure_ascii=False))
     return {name: results[name] for name in units}
 
 
@@ -492,5 +490,5 @@ def write_dashboard_html(
 ) -> Path:
     """Write `dashboard_html` to ``path`` (UTF-8); return the path."""
     path = Path(path)
-    path.write_text(dashboard_html(boards, **options), encoding="utf-8")
+    write_text(path, dashboard_html(boards, **options))
     return path

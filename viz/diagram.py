@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import graphviz
 
+from circuits.files import replacing, write_text
 from circuits.graph import OUTPUT, Circuit
 from viz.annotations import annotation_for
 
@@ -405,15 +406,15 @@ def render(
         raise ValueError(f"unknown diagram format {fmt!r}; choose svg, png, pdf or dot")
     graph = diagram(circuit, **options)
     if fmt == "dot":
-        path.write_text(graph.source, encoding="utf-8")
-        return path
+        return write_text(path, graph.source)
     try:
         data = graph.pipe(format=fmt)
     except graphviz.ExecutableNotFound:
         dot_path = path.with_suffix(".dot")
-        dot_path.write_text(graph.source, encoding="utf-8")
+        write_text(dot_path, graph.source)
         raise GraphvizMissing(_missing_message(str(path), dot_path, fmt, path), dot_path) from None
-    path.write_bytes(data)
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 

@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from circuits.files import write_text
 from circuits.graph import OUTPUT, Circuit
 from viz.annotations import annotation_for
 from viz.diagram import cap_nodes, node_label, signed_colour
@@ -236,7 +237,7 @@ def explorer_html(
 def write_explorer(circuit: Circuit, path: str | os.PathLike, **options: Any) -> Path:
     """Write `explorer_html` (options as there) to ``path`` as UTF-8; return the path."""
     path = Path(path)
-    path.write_text(explorer_html(circuit, **options), encoding="utf-8")
+    write_text(path, explorer_html(circuit, **options))
     return path
 
 

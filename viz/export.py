@@ -38,6 +38,7 @@ from typing import Any
 
 import networkx as nx
 
+from circuits.files import write_text
 from circuits.graph import OUTPUT, Circuit, submodule_order
 from viz.diagram import node_label
 
@@ -187,5 +188,5 @@ def write_neuronpedia(circuit: Circuit, path: str | os.PathLike, **options: Any)
     """Write `to_neuronpedia` (options as there) as UTF-8 JSON; return the path."""
     path = Path(path)
     text = json.dumps(to_neuronpedia(circuit, **options), ensure_ascii=False, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
+    write_text(path, text + "\n")
     return path

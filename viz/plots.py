@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from circuits.files import replacing
+
 __all__ = ["plot_curves"]
 
 
@@ -65,6 +67,7 @@ def plot_curves(
     if title:
         figure.suptitle(title)
     path = Path(path)
-    figure.savefig(path, dpi=120)
+    with replacing(path) as tmp:
+        figure.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(figure)
     return path

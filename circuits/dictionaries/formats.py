@@ -32,6 +32,7 @@ from circuits.dictionaries.base import (
     ReLU,
     TopK,
 )
+from circuits.files import replacing, write_text
 
 __all__ = ["DictionaryFormatError", "load_dictionary", "save_dictionary"]
 
@@ -605,13 +606,13 @@ def save_dictionary(dictionary: Dictionary, path: PathLike) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    torch.save(state, out / "ae.pt")
+    with replacing(out / "ae.pt") as tmp:
+        torch.save(state, tmp)
     trainer = {
         "dict_class": dict_class,
         "activation_dim": dictionary.d_model,
         "dict_size": dictionary.width,
         **extra,
     }
-    with open(out / "config.json", "w") as f:
-        json.dump({"trainer": trainer}, f, indent=2)
+    write_text(out / "config.json", json.dumps({"trainer": trainer}, indent=2))
     return out

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from circuits.dictionaries.base import SAE, BatchTopK, JumpReLU, ReLU, TopK
 from circuits.dictionaries.formats import PathLike, save_dictionary
 from circuits.dictionaries.mapping import sfc_directory_name
+from circuits.files import replacing, write_text
 
 __all__ = ["train_dictionaries", "TrainedDictionary"]
 
@@ -425,13 +426,6 @@ def _per_submodule(value: Any, names: Sequence[str], what: str) -> dict[str, int
     return out
 
 
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write`` a temporary file beside ``path``, then move it into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def train_dictionaries(
     model: Any,
     corpus: Sequence[str] | PathLike | Literal["zoo"],
@@ -608,7 +602,8 @@ def train_dictionaries(
                 "trainees": {n: t.state_dict() for n, t in trainees.items()},
                 "optimizers": {n: t.optimizer.state_dict() for n, t in trainees.items()},
             }  # fmt: skip
-            _atomic_write(checkpoint, lambda path, state=state: torch.save(state, path))
+            with replacing(checkpoint) as tmp:
+                torch.save(state, tmp)
         if callback is not None or step % 10 == 0 or step == steps:
             floats = {n: {key: v.item() for key, v in s.items()} for n, s in stats.items()}
             means = {
@@ -634,7 +629,7 @@ def train_dictionaries(
             **metrics[name],
         }  # fmt: skip
         text = json.dumps(record, indent=2) + "\n"
-        _atomic_write(folder / METRICS, lambda path, text=text: path.write_text(text))
+        write_text(folder / METRICS, text)
         results[name] = TrainedDictionary(sae.to(dtype=model.dtype), record, folder)
     checkpoint.unlink(missing_ok=True)
     return results
