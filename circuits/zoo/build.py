@@ -71,9 +71,9 @@ class ZooConfig:
     eval_docs: int = 512
 
 
-QUICK = ZooConfig(
+QUICK = ZooConfig(  # seq_len 192: the model's positions must hold sva-hard's longest prompts
     n_docs=400,
-    lm=LMConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, seq_len=64, minutes=0.1),
+    lm=LMConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, seq_len=192, minutes=0.1),
     dictionaries=DictionaryConfig(
         width=64, widths={}, k=4, steps=40, batch_size=256, buffer_tokens=2048
     ),
