@@ -1229,9 +1229,12 @@ def main(argv: list[str] | None = None) -> int:
     restore = _apply_process_options(args)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as exc:  # the library's errors say what to do
+    except (ValueError, OSError) as exc:  # the library's errors say what to do
         print(f"circuits: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # long runs say where they saved (circuits.runs)
+        print(f"circuits: stopped{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
+        return 130
     finally:
         restore()
 

@@ -31,8 +31,10 @@ the tuple's.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -467,6 +469,28 @@ class Model:
         last = attention_mask.sum(dim=1) - 1
         return Batch(input_ids=input_ids, attention_mask=attention_mask, last=last)
 
+    def fingerprint(self) -> str:
+        """sha256 of the model's class, config, every parameter and buffer (tied ones once) and
+        its tokenizer's vocabulary: a key for anything computed from this model."""
+        config = getattr(self.torch_model, "config", None)
+        described = config.to_json_string() if hasattr(config, "to_json_string") else repr(config)
+        tensors, seen = [], set()
+        for tensor in self.torch_model.state_dict(keep_vars=True).values():
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                tensors.append(tensor)
+        vocab = sorted(self.tokenizer.get_vocab().items())
+        text = json.dumps(
+            [
+                type(self.torch_model).__name__,
+                described,
+                tensors_sha256(tensors),
+                vocab,
+                self.tokenizer.special_tokens_map,
+            ]
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The forward keyword arguments for ``batch``, on the model's device.
 
@@ -674,6 +698,16 @@ def _looks_local(source: str) -> bool:
         or source.count("/") > 1
         or "\\" in source
     )
+
+
+def tensors_sha256(tensors: Iterable[torch.Tensor]) -> str:
+    """sha256 over each tensor's shape, dtype and bytes, in order."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _load_pretrained(

@@ -54,7 +54,10 @@ Steps (`train_mask`):
    (an estimate while training; step 5 scores the binarised mask on every batch).
    Model and dictionary weights are frozen throughout (their ``requires_grad`` is restored after).
    With ``checkpoint`` the state (θ, optimiser, noise generator, history) is saved every
-   ``checkpoint_every`` steps and at the end, and a run finding the file resumes from it.
+   ``checkpoint_every`` steps and at the end, and a run finding the file resumes from it (the
+   file records the settings, the data and hashes of the model's and dictionaries' weights, and
+   is refused for others). Ctrl-C ends the current step, saves and raises
+   `circuits.runs.Interrupted`.
 4. **Binarise**: ``θ > 0`` in penalty mode; the ``k`` largest ``θ`` in target mode (a threshold
    chosen to match ``k``).
 5. **Score** the binarised mask: faithfulness ``(m(C) - m(∅)) / (m(M) - m(∅))`` with the same
@@ -67,6 +70,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,7 +89,8 @@ from circuits.evaluate import Evaluator, Protocol
 from circuits.files import replacing
 from circuits.graph import ERROR, node_name
 from circuits.metrics import BatchInfo, MetricError, kl_to_clean, logit_diff
-from circuits.models import Batch, Model
+from circuits.models import Batch, Model, tensors_sha256
+from circuits.runs import Interrupted, stop_requests
 from masks.gates import Gates, HardConcreteGates, SigmoidGates
 
 __all__ = ["PARAMETRISATIONS", "MaskResult", "run_gated", "train_mask"]
@@ -293,13 +298,21 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _load_checkpoint(path: Path, config: str) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError):
+        raise ValueError(
+            f"{path} is not a readable mask checkpoint (truncated, or not written by "
+            "train_mask); delete it to start over"
+        ) from None
     if not isinstance(state, dict) or state.get("schema") != _SCHEMA:
         raise ValueError(f"{path} is not a mask checkpoint of schema {_SCHEMA}")
     if state["config"] != config:
+        saved, now = json.loads(state["config"]), json.loads(config)
+        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
         raise ValueError(
-            f"{path} holds a mask run with other settings; delete it or pass another checkpoint "
-            f"path (saved: {state['config']}; now: {config})"
+            f"{path} holds a mask run with other settings ({', '.join(changed)} differ); delete "
+            "it or pass another checkpoint path"
         )
     return state
 
@@ -437,6 +450,11 @@ def train_mask(
             "batch_size": batch_size,
             "seed": seed,
             "data": _fingerprint(evaluator),
+            "model": model.fingerprint(),
+            "dictionaries": {
+                sub: tensors_sha256(dictionaries[sub].state_dict().values())
+                for sub in evaluator.submodules
+            },
         },
         sort_keys=True,
     )
@@ -469,7 +487,7 @@ def train_mask(
     ramp = 0 if size is None else int(_RAMP * steps)
     modules = [model.torch_model, *dictionaries.values()]
     bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"mask ({parametrisation})")
-    with _frozen(modules), torch.enable_grad(), bar:
+    with _frozen(modules), torch.enable_grad(), bar, stop_requests() as stop_requested:
         for step in range(start, steps):
             index = step % len(evaluator.batches)
             batch, info = evaluator.batches[index], evaluator.infos[index]
@@ -496,8 +514,13 @@ def train_mask(
             bar.set_postfix(
                 loss=f"{history[-1]:.4g}", size=f"{sizes[-1]:.1f}", faith=f"{faith:.3f}"
             )
-            if path is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            stopping = stop_requested()
+            due = (step + 1) % checkpoint_every == 0 or step + 1 == steps
+            if path is not None and (due or stopping):
                 save(step + 1)
+            if stopping:
+                where = f"saved to {path}; rerun to resume" if path else "no checkpoint"
+                raise Interrupted(f"mask training stopped after step {step + 1} ({where})")
 
     # 4. Binarise.
     theta = gates.logits.detach()

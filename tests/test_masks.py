@@ -178,6 +178,51 @@ def test_resuming_from_a_checkpoint_reproduces_the_run(
         train_mask(neox, saes, PAIRS, checkpoint=path, **{**options, "seed": 4})
 
 
+def test_ctrl_c_saves_the_step_and_resuming_reproduces_the_run(neox, saes, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    options = dict(submodules=SUBMODULES, steps=12, batch_size=2, seed=5, progress=False)
+    whole = train_mask(neox, saes, PAIRS, **options)
+    path = tmp_path / "mask.pt"
+    loss, calls = masks.train._task_loss, []
+
+    def interrupt_at_step_5(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # mid-step: the step still finishes
+        return loss(*args)
+
+    monkeypatch.setattr(masks.train, "_task_loss", interrupt_at_step_5)
+    with pytest.raises(KeyboardInterrupt, match="stopped after step 5 .*rerun to resume"):
+        train_mask(neox, saes, PAIRS, checkpoint=path, checkpoint_every=100, **options)
+    assert torch.load(path, weights_only=True)["step"] == 5
+    monkeypatch.setattr(masks.train, "_task_loss", loss)
+    resumed = train_mask(neox, saes, PAIRS, checkpoint=path, checkpoint_every=100, **options)
+    assert torch.equal(resumed.logits, whole.logits) and resumed.loss == whole.loss
+
+
+def test_a_checkpoint_is_not_reused_for_other_weights_or_read_when_truncated(neox, saes, tmp_path):
+    path = tmp_path / "mask.pt"
+    options = dict(submodules=SUBMODULES, steps=4, batch_size=2, progress=False, checkpoint=path)
+    train_mask(neox, saes, PAIRS, **options)
+    other = {name: copy_with_scaled_decoder(d) for name, d in saes.items()}
+    with pytest.raises(ValueError, match="dictionaries differ"):
+        train_mask(neox, other, PAIRS, **options)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable mask checkpoint.*delete it"):
+        train_mask(neox, saes, PAIRS, **options)
+
+
+def copy_with_scaled_decoder(dictionary):
+    import copy
+
+    changed = copy.deepcopy(dictionary)
+    with torch.no_grad():
+        changed.W_dec.mul_(1.5)
+    return changed
+
+
 def test_training_leaves_model_and_dictionaries_untouched(neox, saes):
     params = [*neox.torch_model.parameters(), *(p for d in saes.values() for p in d.parameters())]
     flags = [p.requires_grad for p in params]

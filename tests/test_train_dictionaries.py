@@ -262,6 +262,33 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(model, tmp_pat
         assert whole[name].metrics == resumed[name].metrics
 
 
+def test_ctrl_c_saves_the_step_reached_and_resuming_equals_an_uninterrupted_run(model, tmp_path):
+    import os
+    import signal
+
+    from circuits.runs import Interrupted
+
+    options = dict(QUICK, steps=9, checkpoint_every=100, submodules=["mlp_0"], width=32, k=2)
+    whole = train_dictionaries(model, DOCS, tmp_path / "whole", **options)
+
+    def ctrl_c(step, stats):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # seen at the end of the next step
+
+    with pytest.raises(Interrupted, match="stopped after step 5; saved to .*checkpoint.pt"):
+        train_dictionaries(model, DOCS, tmp_path / "cut", callback=ctrl_c, **options)
+    checkpoint = tmp_path / "cut" / "checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["step"] == 5
+    resumed = train_dictionaries(model, DOCS, tmp_path / "cut", **options)
+    a, b = whole["mlp_0"].dictionary.state_dict(), resumed["mlp_0"].dictionary.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+    checkpoint.parent.mkdir(exist_ok=True)
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint.*delete it"):
+        train_dictionaries(model, DOCS, tmp_path / "cut", **options)
+
+
 def test_corpus_from_files_and_the_zoo(model, tmp_path):
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
     (tmp_path / "docs.txt").write_text("\n\n".join(DOCS) + "\n")

@@ -139,6 +139,19 @@ def test_cache_hit_returns_identical_data(model, dictionaries, tmp_path, monkeyp
     assert len(list(tmp_path.glob("*.json"))) == 3  # another corpus, another key
 
 
+def test_the_cache_key_covers_every_weight(model, dictionaries, tiny_model_dir, tmp_path):
+    """A copy whose layer weights (not its embeddings) differ gets its own dashboards."""
+    corpus, nodes = make_corpus(8, seed=3), ["resid_1/5"]
+    first = dashboards(model, dictionaries, nodes, corpus, top_k=3, cache_dir=tmp_path)
+    other = load_model(str(tiny_model_dir("gpt_neox")))
+    with torch.no_grad():
+        other.torch_model.gpt_neox.layers[1].mlp.dense_4h_to_h.weight.mul_(3.0)
+    second = dashboards(other, dictionaries, nodes, corpus, top_k=3, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    assert second != first
+    assert second == dashboards(other, dictionaries, nodes, corpus, top_k=3, cache_dir=None)
+
+
 def test_errors_and_labels(model, dictionaries):
     corpus = make_corpus(4, 5)
     with pytest.raises(ValueError, match="error node"):

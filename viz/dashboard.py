@@ -45,6 +45,7 @@ import torch
 
 from circuits.files import write_text
 from circuits.graph import parse_node_name
+from circuits.models import tensors_sha256
 
 __all__ = [
     "DASHBOARD_VERSION",
@@ -94,15 +95,6 @@ def unit_direction(dictionary: Any, index: int) -> torch.Tensor:
     return decoded[0] - decoded[1]
 
 
-def _sha256_tensors(tensors: Sequence[torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _unembedding(model: Any) -> torch.Tensor:
     """The unembedding ``W_U``, ``[vocab, d_model]`` (Hugging Face ``get_output_embeddings``)."""
     getter = getattr(model.torch_model, "get_output_embeddings", None)
@@ -113,18 +105,6 @@ def _unembedding(model: Any) -> torch.Tensor:
             "get_output_embeddings() (load it as a Hugging Face causal LM)"
         )
     return module.weight
-
-
-def _model_fingerprint(model: Any) -> str:
-    torch_model = model.torch_model
-    config = getattr(torch_model, "config", None)
-    described = config.to_json_string() if hasattr(config, "to_json_string") else repr(config)
-    tensors = [_unembedding(model)]
-    embed = getattr(torch_model, "get_input_embeddings", lambda: None)()
-    if isinstance(getattr(embed, "weight", None), torch.Tensor):
-        tensors.append(embed.weight)
-    text = type(torch_model).__name__ + described + _sha256_tensors(tensors)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _corpus_sha256(corpus: Sequence[str]) -> str:
@@ -221,9 +201,9 @@ def dashboards(
     keys: dict[str, str] = {}
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
-        model_print, corpus_print = _model_fingerprint(model), _corpus_sha256(corpus)
+        model_print, corpus_print = model.fingerprint(), _corpus_sha256(corpus)
         dict_prints = {
-            sub: _sha256_tensors(list(dictionaries[sub].state_dict().values()))
+            sub: tensors_sha256(dictionaries[sub].state_dict().values())
             for sub, _ in units.values()
         }
         for name, (sub, _) in units.items():

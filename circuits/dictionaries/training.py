@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import count, islice
 from pathlib import Path
@@ -30,6 +31,7 @@ from circuits.dictionaries.base import SAE, BatchTopK, JumpReLU, ReLU, TopK
 from circuits.dictionaries.formats import PathLike, save_dictionary
 from circuits.dictionaries.mapping import sfc_directory_name
 from circuits.files import replacing, write_text
+from circuits.runs import Interrupted, stop_requests
 
 __all__ = ["train_dictionaries", "TrainedDictionary"]
 
@@ -543,14 +545,20 @@ def train_dictionaries(
         "auxk_alpha": auxk_alpha, "k_aux": k_aux, "dead_after": dead_after,
         "buffer_tokens": buffer_tokens, "text_batch_size": text_batch_size,
         "context_length": context_length, "eval_docs": eval_docs, "seed": seed,
-        "corpus": data.fingerprint,
+        "corpus": data.fingerprint, "model": model.fingerprint(),
     }  # fmt: skip
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint, state = out / CHECKPOINT, None
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError):
+            raise ValueError(
+                f"{checkpoint} is not a readable checkpoint (truncated, or not written by "
+                "train_dictionaries); delete it to start over"
+            ) from None
         saved = json.loads(state["options"])
         if saved != options:
             differ = ", ".join(key for key in options if saved.get(key) != options[key])
@@ -584,35 +592,44 @@ def train_dictionaries(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=steps, initial=step, desc="train SAEs", disable=not progress)
-    while step < steps:
-        batch, factor = buffer.next(), _lr_factor(step, steps)
-        stats = {
-            name: t.step(
-                batch[name].float() / t.scale,  # [batch_size, d_model]
-                factor,
-                learn_threshold=step >= min(1000, steps // 2),
-            )
-            for name, t in trainees.items()
-        }
-        step += 1
-        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
-            state = {
-                "schema_version": SCHEMA_VERSION, "options": json.dumps(options), "step": step,
-                "fill": buffer.fill, "position": buffer.position, "offset": buffer.offset,
-                "trainees": {n: t.state_dict() for n, t in trainees.items()},
-                "optimizers": {n: t.optimizer.state_dict() for n, t in trainees.items()},
-            }  # fmt: skip
-            with replacing(checkpoint) as tmp:
-                torch.save(state, tmp)
-        if callback is not None or step % 10 == 0 or step == steps:
-            floats = {n: {key: v.item() for key, v in s.items()} for n, s in stats.items()}
-            means = {
-                key: sum(s[key] for s in floats.values()) / len(names) for key in stats[names[0]]
+    with stop_requests() as stop_requested:
+        while step < steps:
+            batch, factor = buffer.next(), _lr_factor(step, steps)
+            stats = {
+                name: t.step(
+                    batch[name].float() / t.scale,  # [batch_size, d_model]
+                    factor,
+                    learn_threshold=step >= min(1000, steps // 2),
+                )
+                for name, t in trainees.items()
             }
-            bar.set_postfix({key: f"{v:.3g}" for key, v in means.items()}, refresh=False)
-            if callback is not None:
-                callback(step, floats)
-        bar.update(1)
+            step += 1
+            stopping = stop_requested()
+            due = checkpoint_every and step % checkpoint_every == 0
+            if (due or stopping) and step < steps:
+                state = {
+                    "schema_version": SCHEMA_VERSION, "options": json.dumps(options), "step": step,
+                    "fill": buffer.fill, "position": buffer.position, "offset": buffer.offset,
+                    "trainees": {n: t.state_dict() for n, t in trainees.items()},
+                    "optimizers": {n: t.optimizer.state_dict() for n, t in trainees.items()},
+                }  # fmt: skip
+                with replacing(checkpoint) as tmp:
+                    torch.save(state, tmp)
+            if callback is not None or step % 10 == 0 or step == steps:
+                floats = {n: {key: v.item() for key, v in s.items()} for n, s in stats.items()}
+                means = {
+                    key: sum(s[key] for s in floats.values()) / len(names)
+                    for key in stats[names[0]]
+                }
+                bar.set_postfix({key: f"{v:.3g}" for key, v in means.items()}, refresh=False)
+                if callback is not None:
+                    callback(step, floats)
+            bar.update(1)
+            if stopping and step < steps:
+                raise Interrupted(
+                    f"dictionary training stopped after step {step}; saved to {checkpoint}, "
+                    "rerun the same command to resume"
+                )
     bar.close()
 
     saes = {name: t.export().to(t.scale.device) for name, t in trainees.items()}
