@@ -727,6 +727,7 @@ def _evaluation_options(parser: argparse.ArgumentParser, what: str) -> None:
 def _output_options(parser: argparse.ArgumentParser, files: str) -> None:
     """--out DIR and --json, for the commands that write a directory."""
     parser.add_argument("--out", required=True, metavar="DIR", help=f"write {files}" + _NO_DEFAULT)
+    parser.set_defaults(out_kind="dir")
     parser.add_argument(
         "--json", action="store_true", help="print the result as JSON (and nothing else)"
     )
@@ -998,6 +999,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rend.add_argument("circuit", help="a circuit file saved by `circuits discover`")
     rend.add_argument("-o", "--out", required=True, help="output file" + _NO_DEFAULT)
+    rend.set_defaults(out_kind="file")
     rend.add_argument(
         "--format",
         choices=["svg", "png", "pdf", "dot", "graphml", "neuronpedia"],
@@ -1045,6 +1047,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     expl.add_argument("circuit", help="a circuit file saved by `circuits discover`")
     expl.add_argument("-o", "--out", required=True, help="output .html file" + _NO_DEFAULT)
+    expl.set_defaults(out_kind="file")
     expl.add_argument(
         "--annotations", metavar="FILE", help="SFC annotation JSON lines" + _NO_DEFAULT
     )
@@ -1099,6 +1102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dash.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     dash.add_argument("-o", "--out", help="write .html or .json" + _NO_DEFAULT)
+    dash.set_defaults(out_kind="file", out_suffixes=(".html", ".json"))
     dash.add_argument("--json", action="store_true", help="print the dashboards as JSON")
     dash.set_defaults(run=_dashboard)
 
@@ -1188,6 +1192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int, default=0, help="seed of the initialisation and order")
     train.add_argument("--out", required=True, metavar="DIR", help="output folder" + _NO_DEFAULT)
+    train.set_defaults(out_kind="dir")
     train.add_argument("--json", action="store_true", help="print the metrics as JSON")
     train.set_defaults(run=_train_dictionaries)
 
@@ -1199,6 +1204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     zoo_build.add_argument("--quick", action="store_true", help="tiny sizes, seconds not minutes")
     zoo_build.add_argument("--out", metavar="DIR", help="output directory" + _NO_DEFAULT)
+    zoo_build.set_defaults(out_kind="dir")
     zoo_build.add_argument(
         "--in-package",
         action="store_true",
@@ -1228,6 +1234,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     restore = _apply_process_options(args)
     try:
+        _check_outputs(args)
         return args.run(args)
     except (ValueError, OSError) as exc:  # the library's errors say what to do
         print(f"circuits: error: {exc}", file=sys.stderr)
@@ -1237,6 +1244,37 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         restore()
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an output that cannot be written: a directory that is a file
+    (or the reverse), a folder without write permission, a suffix the command cannot write."""
+    kind, out = getattr(args, "out_kind", None), getattr(args, "out", None)
+    if kind == "dir" and out:
+        _check_writable(Path(out), directory=True, option="--out")
+    elif kind == "file" and out:
+        _check_writable(Path(out), directory=False, option="--out")
+        suffixes = getattr(args, "out_suffixes", None)
+        if suffixes and Path(out).suffix.lower() not in suffixes:
+            raise ValueError(f"--out {out}: give a file ending in {' or '.join(suffixes)}")
+    plot = getattr(args, "plot", None)
+    if plot:
+        _check_writable(Path(plot), directory=False, option="--plot")
+        if Path(plot).suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise ValueError(f"--plot {plot}: give a file ending in .png, .svg or .pdf")
+
+
+def _check_writable(path: Path, *, directory: bool, option: str) -> None:
+    if path.exists() and path.is_dir() != directory:
+        what = "a file" if directory else "a directory"
+        raise ValueError(
+            f"{option} {path} is {what}; give {'a directory' if directory else 'a file'}"
+        )
+    folder = path if directory else path.parent
+    while not folder.exists():  # the nearest folder that exists must let us create the rest
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: cannot write into {folder}")
 
 
 def _apply_process_options(args: argparse.Namespace):

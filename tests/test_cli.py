@@ -55,6 +55,27 @@ def test_zoo_build_never_writes_into_the_package_unless_asked(capsys):
     assert {p: p.stat().st_mtime_ns for p in DATA_DIR.rglob("*") if p.is_file()} == before
 
 
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    import circuits.cli
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(circuits.cli, "_load_model", no_work)
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    cases = [
+        (["discover", "--task", "sva-rc", "--out", str(a_file)], "is a file; give a directory"),
+        (["evaluate", str(a_file), "--task", "sva-rc", "--sizes", "5", "--plot", "c.txt"], ".png"),
+        (["dashboard", "resid_0/1", "-o", str(tmp_path / "d.txt")], ".html or .json"),
+        (["render", str(a_file), "-o", str(tmp_path)], "is a directory; give a file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
 def _options(parser, command=""):
     """``(command, action)`` for every option of every (sub)command."""
     import argparse

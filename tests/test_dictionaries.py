@@ -627,6 +627,13 @@ def test_sfc_directory(tmp_path):
         load_dictionaries(fake_model(), tmp_path / "nope")
 
 
+def test_a_misspelt_folder_is_named_not_dropped_silently(tmp_path):
+    root = sfc_tree(tmp_path, ["embed", "attn_out_layr0", "mlp_out_layer0"])
+    with pytest.warns(UserWarning, match=r"attn_out_layr0 names no submodule.*attn_out_layer0/"):
+        ds = load_dictionaries(fake_model(), root)
+    assert list(ds) == ["embed", "mlp_0"]
+
+
 def test_neurons():
     ds = load_dictionaries(fake_model(), "neurons")
     assert list(ds) == [s.name for s in fake_model().submodules]

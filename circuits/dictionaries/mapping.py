@@ -8,6 +8,8 @@ on the Hugging Face Hub named ``"sae-lens:<release>/<sae_id>"`` or ``"sparsify:<
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,24 @@ def sfc_directory_name(kind: str, layer: int | None) -> str:
     if kind == "embed":
         return "embed"
     return f"{kind}_out_layer{layer}"
+
+
+def _warn_unknown_folders(root: Path, records: Mapping[str, Any]) -> None:
+    """Warn about subfolders of ``root`` that name no submodule (a misspelt ``attn_out_layr3/``
+    would otherwise leave that submodule without a dictionary, silently)."""
+    known = {sfc_directory_name(r.kind, r.layer) for r in records.values()} | set(records)
+    unknown = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name not in known
+    )
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}/?)" if close else ""
+        warnings.warn(
+            f"{root / name} names no submodule of this model{hint}; it is not loaded",
+            stacklevel=3,
+        )
 
 
 def load_dictionaries(
@@ -125,6 +145,7 @@ def load_dictionaries(
             raise FileNotFoundError(
                 f"{root}: none of the expected dictionary directories {expected}"
             )
+        _warn_unknown_folders(root, records)
 
     missing = [n for n in wanted if n not in found]
     if submodules is not None and missing:
