@@ -111,12 +111,19 @@ def _discover(args: argparse.Namespace) -> int:
         print(_score_line(score))
     if summary["empty"]:
         kept = circuit.provenance.get("nodes_kept", 0)
-        print(
-            f"{kept} nodes passed the node selection but none has a path to y above the edge "
-            "threshold; lower --edge-threshold"
-            if kept
-            else "no node passed the node selection; lower --node-threshold or use --top-k"
-        )
+        if circuit.provenance.get("total_effect") == 0:
+            advice = (
+                "no effect to explain: the metric is the same on the clean and the patch "
+                "prompts (total effect 0); check that the two prompts of each pair differ"
+            )
+        elif kept:
+            advice = (
+                f"{kept} nodes passed the node selection but none has a path to y above the "
+                "edge threshold; lower --edge-threshold"
+            )
+        else:
+            advice = "no node passed the node selection; lower --node-threshold or use --top-k"
+        print(advice)
     print(f"wall time: {seconds:.1f} s")
     print(f"saved: {path}")
     return 0
@@ -177,6 +184,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     circuit = Circuit.load(args.circuit)
     task = load_task(args.task, args.split, n=args.n)
+    found_on = circuit.provenance.get("task")
+    positioned = any(circuit.graph.nodes[n].get("position") is not None for n in circuit.graph)
+    if positioned and found_on not in (None, task.name):
+        print(
+            f"circuits: warning: this circuit's nodes sit at token positions of {found_on!r}'s "
+            f"prompts; on {task.name!r} the same positions may hold other tokens",
+            file=sys.stderr,
+        )
     model = _load_model(args)
     dictionaries = load_dictionaries(model, args.dictionaries)
     evaluator = _evaluator(args, model, dictionaries, task)

@@ -401,6 +401,21 @@ def next_token_change(
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     batch = model.tokenize([prompt])
+    n_tokens = batch.input_ids.shape[1]
+    unknown = model.tokenizer.unk_token_id
+    if unknown is not None and bool((batch.input_ids == unknown).any()):
+        raise ValueError(
+            f"{prompt!r} has words the tokenizer does not know (read as "
+            f"{model.tokenizer.unk_token!r}); the edit would be measured on another prompt"
+        )
+    for edit in edits:
+        for name in edit.nodes if isinstance(edit, Ablate) else [edit.node]:
+            position = parse_node_name(name).position
+            if position is not None and position >= n_tokens:
+                raise ValueError(
+                    f"node {name} is at position {position}, but {prompt!r} has {n_tokens} "
+                    f"tokens (positions 0-{n_tokens - 1})"
+                )
     with torch.no_grad():
         before = batch.at_last(model.forward(batch))[0].double().softmax(-1)  # [vocab]
         with edited(model, dictionaries, edits):

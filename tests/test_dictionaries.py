@@ -634,6 +634,18 @@ def test_a_misspelt_folder_is_named_not_dropped_silently(tmp_path):
     assert list(ds) == ["embed", "mlp_0"]
 
 
+def test_nan_and_integer_weights_name_the_file(tmp_path):
+    state = dl_autoencoder_state()
+    state["encoder.weight"][3, 2] = float("nan")
+    path = write_dl(tmp_path / "nan", state, {"dict_class": "AutoEncoder"})
+    with pytest.raises(DictionaryFormatError, match=r"nan/ae.pt: W_enc holds 1 NaN"):
+        load_dictionary(path)
+    state = {k: (v * 10).to(torch.int64) for k, v in dl_autoencoder_state().items()}
+    path = write_dl(tmp_path / "int", state, {"dict_class": "AutoEncoder"})
+    with pytest.raises(DictionaryFormatError, match=r"int/ae.pt: .* not floating point"):
+        load_dictionary(path)
+
+
 def test_neurons():
     ds = load_dictionaries(fake_model(), "neurons")
     assert list(ds) == [s.name for s in fake_model().submodules]

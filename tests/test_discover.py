@@ -12,7 +12,7 @@ import json
 
 import networkx as nx
 import pytest
-from conftest import PAIRS, WIDTHS, random_saes
+from conftest import PAIRS, SAME_LENGTH_PAIRS, WIDTHS, random_saes
 
 from attribution import discover, edge_effects, node_effects, select_nodes
 from circuits.cli import main
@@ -244,6 +244,7 @@ def test_cli_discover_end_to_end(tiny_model_dir, sae_dir, tmp_path, capsys):
 def test_cli_bad_inputs(tiny_model_dir, tmp_path, capsys):
     model = str(tiny_model_dir("gpt_neox"))
     out = ["--model", model, "--dictionaries", "neurons", "--out", str(tmp_path / "o")]
+    capsys.readouterr()  # the fixture's own output, when it built the model just now
 
     assert main(["discover", "--task", "no-such-task", *out]) == 2
     err = capsys.readouterr().err
@@ -262,6 +263,27 @@ def test_cli_bad_inputs(tiny_model_dir, tmp_path, capsys):
     assert err.startswith("circuits: error:") and "Traceback" not in err
     assert "pair 1: clean prefix has 5 tokens, patch prefix 3" in err
     assert not (tmp_path / "o" / "circuit.json").exists()
+
+    same = [PromptPair("the teachers near the desk", " are", "the teachers near the desk", " is")]
+    task = str(write_task(tmp_path / "same.jsonl", same))
+    assert main(["discover", "--task", task, "--no-eval", "--no-progress", *out]) == 0
+    text = capsys.readouterr().out
+    assert "no effect to explain" in text and "lower --node-threshold" not in text
+
+
+def test_cli_evaluate_warns_when_positions_come_from_another_task(tiny_model_dir, tmp_path, capsys):
+    from circuits.graph import Circuit
+
+    model_dir = str(tiny_model_dir("gpt_neox"))
+    task = str(write_task(tmp_path / "same.jsonl", SAME_LENGTH_PAIRS))
+    run = ["--task", task, "--model", model_dir, "--dictionaries", "neurons"]
+    for found_on, warned in (("another-task", True), ("same", False)):
+        circuit = Circuit.from_effects({"resid_0/3@1": 0.5}, {("resid_0/3@1", "y"): 0.5})
+        circuit.provenance["task"] = found_on
+        circuit.save(tmp_path / "c.json")
+        assert main(["evaluate", str(tmp_path / "c.json"), *run]) == 0
+        err = capsys.readouterr().err
+        assert ("token positions of 'another-task'" in err) == warned, err
 
 
 def test_cli_evaluate_matches_the_library(tiny_model_dir, tmp_path, capsys):

@@ -324,3 +324,13 @@ def test_cli_ablate_end_to_end(tiny_model_dir, tmp_path, capsys):
         assert main(args[:-1] + ["--ablation", "mean"]) == 0
         out = capsys.readouterr().out
         assert "5 nodes mean-ablated" in out and "total variation" in out
+
+    n_tokens = len(model.tokenize([prompt]).input_ids[0])
+    nodes.write_text(f"resid_0/3@{n_tokens}\n")  # one past the last token
+    args[2] = str(nodes)
+    assert main(args) == 2
+    assert f"position {n_tokens}, but" in capsys.readouterr().err
+    nodes.write_text("resid_0/3\n")
+    args[args.index("--prompt") + 1] = "the teachers near the zebra"  # no such word
+    assert main(args) == 2
+    assert "does not know" in capsys.readouterr().err

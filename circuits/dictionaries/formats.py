@@ -511,8 +511,9 @@ def load_dictionary(
 
     Raises:
         FileNotFoundError: nothing at ``path``.
-        DictionaryFormatError: unknown format, a file that would run code when loaded, or tensors
-            whose names or shapes do not fit the format (the message names the file).
+        DictionaryFormatError: unknown format, a file that would run code when loaded, tensors
+            whose names or shapes do not fit the format, or weights that are not floating point
+            or not finite (the message names the file).
     """
     path = Path(path)
     if not path.exists():
@@ -524,7 +525,19 @@ def load_dictionary(
     config = weights.parent / fmt.config if fmt.config else None
     if config is not None and not config.is_file():
         config = None
-    return fmt.load(weights, config).to(device=device, dtype=dtype)
+    try:
+        dictionary = fmt.load(weights, config)
+    except TypeError as error:  # torch refuses to build a module of integer weights
+        if "floating point" not in str(error):
+            raise
+        raise DictionaryFormatError(f"{weights}: the weights are not floating point") from None
+    for name, tensor in dictionary.state_dict().items():
+        if not tensor.is_floating_point():
+            raise DictionaryFormatError(f"{weights}: {name} is {tensor.dtype}, not floating point")
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise DictionaryFormatError(f"{weights}: {name} holds {bad} NaN or infinite values")
+    return dictionary.to(device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------
