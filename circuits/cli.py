@@ -415,9 +415,9 @@ def _render(args: argparse.Namespace) -> int:
     tokens = None if args.tokens is None else parse_tokens(args.tokens)
     labels = None
     if args.dashboards:
-        from viz.dashboard import auto_labels
+        from viz.dashboard import auto_labels, read_dashboards
 
-        labels = auto_labels(json.loads(Path(args.dashboards).read_text(encoding="utf-8")))
+        labels = auto_labels(read_dashboards(args.dashboards))
     out = Path(args.out)
     fmt = args.format
     if fmt is None:
@@ -454,9 +454,9 @@ def _explore(args: argparse.Namespace) -> int:
     circuit = Circuit.load(args.circuit)
     dashboards = None
     if args.dashboards:
-        dashboards = json.loads(Path(args.dashboards).read_text(encoding="utf-8"))
-        if not isinstance(dashboards, dict):
-            raise ValueError(f"{args.dashboards}: expected a JSON object {{node name: dashboard}}")
+        from viz.dashboard import read_dashboards
+
+        dashboards = read_dashboards(args.dashboards)
     path = write_explorer(
         circuit,
         args.out,

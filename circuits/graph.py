@@ -759,6 +759,10 @@ class Circuit:
         raw = path.read_bytes()
         try:
             document = json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise CircuitFormatError(
+                f"{path}: not a circuit file: its JSON is nested too deeply to read"
+            ) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CircuitFormatError(
                 f"{path}: not a circuit file: not valid UTF-8 JSON ({error}); the file may be "

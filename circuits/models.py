@@ -713,6 +713,7 @@ def tensors_sha256(tensors: Iterable[torch.Tensor]) -> str:
 def _load_pretrained(
     source: str, dtype: torch.dtype | None, trust_remote_code: bool
 ) -> torch.nn.Module:
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     if _looks_local(source):
@@ -740,6 +741,12 @@ def _load_pretrained(
         if trust_remote_code or "trust_remote_code" not in str(error):
             raise
         raise ValueError(_REMOTE_CODE.format(source=source)) from None
+    except SafetensorError as error:
+        files = sorted(p.name for p in Path(source).glob("*.safetensors"))
+        raise OSError(
+            f"the weights in {source!r} ({', '.join(files) or 'safetensors'}) cannot be read "
+            f"({error}): the file is truncated or corrupt; save the model again"
+        ) from None
 
 
 _REMOTE_CODE = (

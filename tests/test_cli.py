@@ -76,6 +76,34 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
         assert message in err and "Traceback" not in err, (argv, err)
 
 
+def test_broken_files_get_one_line_naming_them(tmp_path, capsys):
+    import json
+
+    from conftest import save_tiny_model, small_circuit
+
+    model = save_tiny_model("gpt2", tmp_path / "model")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    small_circuit().save(tmp_path / "c.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "odd.json").write_text(json.dumps({"resid_0/7": {"no": "fields"}}))
+    out = ["-o", str(tmp_path / "x.svg")]
+    cases = [
+        (["info", "--model", str(model), "--dictionaries", "neurons"], "truncated or corrupt"),
+        (["render", str(tmp_path / "deep.json"), *out], "nested too deeply"),
+        (["render", str(tmp_path / "c.json"), *out, "--dashboards", str(tmp_path / "bad.json")],
+         "bad.json: not a dashboards file"),
+        (["render", str(tmp_path / "c.json"), *out, "--dashboards", str(tmp_path / "odd.json")],
+         "'resid_0/7' is not a dashboard"),
+    ]  # fmt: skip
+    capsys.readouterr()
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1, (argv, err)
+
+
 def _options(parser, command=""):
     """``(command, action)`` for every option of every (sub)command."""
     import argparse

@@ -150,6 +150,33 @@ def auto_label(board: Mapping[str, Any], *, max_chars: int = 32) -> str:
     return label if len(label) <= max_chars else label[: max_chars - 1] + "…"
 
 
+def read_dashboards(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Dashboards saved by ``circuits dashboard -o FILE.json``: ``{node name: dashboard}``.
+
+    Raises:
+        ValueError: naming the file, when it is not UTF-8 JSON, not an object of dashboards, or
+            a dashboard lacks what labels are made from.
+    """
+    path = Path(path)
+    try:
+        boards = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"{path}: not a dashboards file ({type(error).__name__})") from None
+    if not isinstance(boards, dict) or not all(isinstance(b, dict) for b in boards.values()):
+        raise ValueError(f"{path}: expected a JSON object {{node name: dashboard}}")
+    for name, board in boards.items():
+        try:
+            if not isinstance(board["contexts"], list):
+                raise TypeError
+            board.get("label") or auto_label(board)
+        except (KeyError, TypeError, IndexError, AttributeError):
+            raise ValueError(
+                f"{path}: {name!r} is not a dashboard (write them with `circuits dashboard "
+                "NODES -o FILE.json`)"
+            ) from None
+    return boards
+
+
 def auto_labels(boards: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     """``{name: auto_label(board)}``, for `viz.diagram.diagram`'s ``labels``."""
     return {name: board.get("label") or auto_label(board) for name, board in boards.items()}
