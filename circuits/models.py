@@ -731,11 +731,14 @@ def _load_pretrained(
     try:
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as error:
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if Path(source).is_dir():
+            raise OSError(f"Could not load the model saved in {source!r}: {cause}") from error
         raise OSError(
-            f"Could not load a model from {source!r}: it is not a directory saved with "
-            "save_pretrained, and the Hugging Face hub could not provide it (offline, or no such "
+            f"Could not load a model from {source!r}: there is no directory of that name here "
+            f"({Path.cwd()}), and the Hugging Face hub could not provide it (offline, or no such "
             "model). Pass a local directory, or a hub name such as "
-            f"'EleutherAI/pythia-70m-deduped' while online (cached afterwards). Cause: {error}"
+            f"'EleutherAI/pythia-70m-deduped' while online (cached afterwards). Cause: {cause}"
         ) from error
     except ValueError as error:
         if trust_remote_code or "trust_remote_code" not in str(error):
