@@ -653,16 +653,18 @@ def _load_model(args: argparse.Namespace):
     )
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --dictionaries, --device, --dtype, --trust-remote-code, --threads and
-    --no-progress, the same for every command that loads a model."""
+def _model_options(parser: argparse.ArgumentParser, *, dictionaries: bool = True) -> None:
+    """--model, --dictionaries (unless ``dictionaries=False``), --device, --dtype,
+    --trust-remote-code, --threads and --no-progress, the same for every command that loads a
+    model."""
     parser.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
-    parser.add_argument(
-        "--dictionaries",
-        default="zoo",
-        help="'zoo', 'neurons' (identity: neuron nodes), a directory in SFC's layout, "
-        "'sae-lens:RELEASE/SAE_ID' or 'sparsify:REPO_ID' (Hugging Face Hub, cache first)",
-    )
+    if dictionaries:
+        parser.add_argument(
+            "--dictionaries",
+            default="zoo",
+            help="'zoo', 'neurons' (identity: neuron nodes), a directory in SFC's layout, "
+            "'sae-lens:RELEASE/SAE_ID' or 'sparsify:REPO_ID' (Hugging Face Hub, cache first)",
+        )
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
     parser.add_argument(
         "--dtype",
@@ -1163,7 +1165,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Checkpointed; rerunning the same command resumes.",
         formatter_class=fmt,
     )
-    _model_options(train)
+    _model_options(train, dictionaries=False)
     train.add_argument(
         "--corpus",
         default="zoo",
