@@ -66,6 +66,10 @@ _ABLATIONS = ["position-mean", "mean", "zero", "resample"]  # circuits.ablation'
 _NO_DEFAULT = "%(default).0s"
 
 
+_IG_NOTE_SUBMODULES = 30
+"""Above this many attributed submodules `circuits discover` says what per-submodule IG costs."""
+
+
 def _discover(args: argparse.Namespace) -> int:
     import time
 
@@ -78,6 +82,13 @@ def _discover(args: argparse.Namespace) -> int:
     task = load_task(args.task, args.split, n=args.n)
     model = _load_model(args)
     dictionaries = load_dictionaries(model, args.dictionaries)
+    if args.method == "ig" and len(dictionaries) > _IG_NOTE_SUBMODULES:
+        print(
+            f"note: ig runs {args.steps} interpolated rows, one forward and one backward, per "
+            f"attributed submodule ({len(dictionaries)} here); --method atp costs 2 forwards and "
+            "1 backward in all, ig-joint 1 interpolated forward and backward",
+            file=sys.stderr,
+        )
     circuit = discover(
         model,
         dictionaries,
