@@ -450,6 +450,8 @@ def _render(args: argparse.Namespace) -> int:
             positions=args.positions,
             tokens=tokens,
             max_nodes=args.max_nodes,
+            row_cap=args.row_cap or None,
+            edge_share=args.edge_share,
             title=args.title,
         )
     print(f"wrote {path}")
@@ -662,6 +664,13 @@ def _load_model(args: argparse.Namespace):
     return load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
     )
+
+
+def _diagram_row_cap() -> int:
+    """`viz.diagram.ROW_CAP` (imports graphviz and networkx, not torch)."""
+    from viz.diagram import ROW_CAP
+
+    return ROW_CAP
 
 
 def _model_options(parser: argparse.ArgumentParser, *, dictionaries: bool = True) -> None:
@@ -1062,6 +1071,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="dashboards JSON (`circuits dashboard -o x.json`): their automatic labels name "
         "nodes without an annotation" + _NO_DEFAULT,
+    )
+    rend.add_argument(
+        "--row-cap",
+        type=int,
+        default=_diagram_row_cap(),
+        metavar="N",
+        help="draw the N nodes of largest |effect| per row and fold the rest into one "
+        "'+M more' node (summed effect and edges); 0 draws every node",
+    )
+    rend.add_argument(
+        "--edge-share",
+        type=float,
+        metavar="F",
+        help="keep each node's strongest incoming edges carrying this share (0-1] of its "
+        "incoming |weight| (default: every edge)" + _NO_DEFAULT,
     )
     rend.add_argument("--title", help="a line drawn above the diagram" + _NO_DEFAULT)
     rend.set_defaults(run=_render)

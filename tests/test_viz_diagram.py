@@ -268,3 +268,83 @@ def test_render_cli_positions_and_tokens(tmp_path):
     tokens = '["<bos>", " the", " cat", " sat"]'
     assert main(["render", str(path), "-o", str(out), "--tokens", tokens]) == 0
     assert "3: ␣sat" in svg_text(out)
+
+
+# -- large circuits: rows folded, relative edge filter, legend ------------------------------------
+
+
+def big_circuit(rows: int = 10, per_row: int = 100, seed: int = 0) -> Circuit:
+    """``rows`` resid rows of ``per_row`` nodes, every node wired to 5 nodes of the next row."""
+    import random
+
+    rng = random.Random(seed)
+    effects = {f"resid_{r}/{i}": rng.uniform(-1, 1) for r in range(rows) for i in range(per_row)}
+    edges = {}
+    for r in range(rows - 1):
+        for i in range(per_row):
+            for j in rng.sample(range(per_row), 5):
+                edges[(f"resid_{r}/{i}", f"resid_{r + 1}/{j}")] = rng.uniform(-0.1, 0.1)
+    for i in range(per_row):
+        edges[(f"resid_{rows - 1}/{i}", "y")] = effects[f"resid_{rows - 1}/{i}"]
+    return Circuit.from_effects(effects, edges, {"total_effect": 1.0})
+
+
+def test_rows_fold_into_more_nodes_with_summed_effects_and_edges():
+    from viz.diagram import fold_rows
+
+    circuit = big_circuit(rows=3, per_row=20)
+    view, groups = fold_rows(circuit, 4)
+    assert [len(names) for names in groups.values()] == [5, 5, 5]
+    for row, names in groups.items():
+        more = names[-1]
+        assert more == f"{row}/+16" and view.nodes[more]["folded"] == 16
+        kept = set(names[:-1])
+        ranked = sorted(circuit.nodes_by_submodule()[row], key=lambda n: -abs(circuit.effect(n)))
+        assert kept == set(ranked[:4])
+        folded = [n for n in circuit.nodes_by_submodule()[row] if n not in kept]
+        assert view.nodes[more]["effect"] == pytest.approx(sum(circuit.effect(n) for n in folded))
+    # every edge's weight lands on the nodes its ends fold into, summed
+    into = {n: n for n in view}
+    for row, names in circuit.nodes_by_submodule().items():
+        for n in names:
+            into.setdefault(n, groups[row][-1])
+    expected: dict[tuple[str, str], float] = {}
+    for u, v, w in circuit.graph.edges(data="weight"):
+        key = (into[u], into[v])
+        expected[key] = expected.get(key, 0.0) + w
+    assert {(u, v): w for u, v, w in view.edges(data="weight")} == pytest.approx(expected)
+    assert fold_rows(circuit, None)[0].number_of_nodes() == circuit.num_nodes + 1  # and y
+
+
+def test_strongest_incoming_keeps_the_smallest_set_carrying_the_share():
+    from viz.diagram import strongest_incoming
+
+    graph = nx.DiGraph()
+    for source, weight in (("a", 0.5), ("b", -0.3), ("c", 0.15), ("d", 0.05)):
+        graph.add_edge(source, "t", weight=weight)
+    kept = lambda share: [s for s, _, _ in strongest_incoming(graph, share)]  # noqa: E731
+    assert kept(0.5) == ["a"]
+    assert kept(0.8) == ["a", "b"]
+    assert kept(0.81) == ["a", "b", "c"]
+    assert kept(1.0) == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="edge_share"):
+        strongest_incoming(graph, 0)
+
+
+@needs_dot
+def test_a_thousand_node_circuit_renders_every_row_within_graphviz_limits(tmp_path):
+    circuit = big_circuit()
+    assert circuit.num_nodes == 1000
+    path = render(circuit, tmp_path / "big.svg", edge_share=0.5)
+    root = ET.parse(path).getroot()
+    width = float(root.get("width").removesuffix("pt"))
+    height = float(root.get("height").removesuffix("pt"))
+    assert width < 4000 and height < 4000, (width, height)
+    titles = {t.text for t in root.iter(f"{SVG}title")}
+    for r in range(10):
+        assert f"resid_{r}/+85" in titles  # 15 drawn per row, 85 folded
+    text = " ".join(t.text or "" for t in root.iter(f"{SVG}text"))
+    assert "positive effect / weight" in text and "+N more" in text  # the legend
+    assert "edges shown" in text
+    png = render(circuit, tmp_path / "big.png")
+    assert png.read_bytes().startswith(b"\x89PNG")

@@ -14,8 +14,15 @@ Encoding (the same in every output format):
 - Positions: when the circuit keeps positions (``resid_2/17@5``) the default layout adds one
   column per position, with the prompt's tokens (when given) along the bottom (spaces shown
   as ``␣``).
-- Large circuits: ``max_nodes`` keeps the nodes of largest |effect| and the title says how many
-  were left out.
+- Large circuits: ``row_cap`` (15 by default) draws the nodes of largest |effect| of each row
+  and folds the rest of the row into one dashed ``+N more`` node whose effect is their summed
+  effect and whose edges are the sums of theirs, so every row and every path stays in view and
+  a circuit of any size stays within graphviz's limits; ``max_nodes`` instead keeps the nodes of
+  largest |effect| overall and the title says how many were left out.
+- Edges: ``edge_share`` keeps, for each node, its strongest incoming edges that together carry
+  that share of its incoming |weight| (a relative filter: spread-out signal stays visible where
+  a fixed threshold would cut it).
+- A legend under the title explains the encoding.
 
 `diagram` builds the ``graphviz.Digraph``; `render` writes SVG, PNG, PDF or DOT source through
 graphviz's ``dot`` program; `to_svg` returns the SVG text (for notebooks). When ``dot`` is missing,
@@ -25,6 +32,7 @@ message says how to install graphviz.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import textwrap
@@ -33,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import graphviz
+import networkx as nx
 
 from circuits.files import replacing, write_text
 from circuits.graph import OUTPUT, Circuit
@@ -51,6 +60,8 @@ __all__ = [
     "node_label",
     "signed_colour",
     "cap_nodes",
+    "fold_rows",
+    "strongest_incoming",
     "parse_tokens",
 ]
 
@@ -168,6 +179,92 @@ def cap_nodes(circuit: Circuit, max_nodes: int | None) -> tuple[Circuit, str | N
     return circuit.subgraph(row.name for row in kept), note
 
 
+ROW_CAP = 15
+"""Nodes drawn per submodule row by default; the rest of a row is folded into ``+N more``."""
+
+
+def fold_rows(circuit: Circuit, row_cap: int | None) -> tuple[nx.DiGraph, dict[str, list[str]]]:
+    """The graph to draw: per submodule row, the ``row_cap`` nodes of largest |effect| (ties: the
+    earlier name), the others folded into one node ``{row}/+{N}`` (kind ``"more"``, effect = the
+    folded nodes' summed effect, ``folded`` = how many), each edge moved onto the nodes its ends
+    fold into, parallel edges summed. ``row_cap`` None folds nothing.
+
+    Returns:
+        The graph (node attributes ``submodule``, ``kind``, ``position``, ``effect``; edge
+        attribute ``weight``) and ``{row: names}`` in forward order, the ``+N`` node last.
+    """
+    if row_cap is not None and (
+        isinstance(row_cap, bool) or not isinstance(row_cap, int) or row_cap < 1
+    ):
+        raise ValueError(f"row_cap must be a positive integer or None, got {row_cap!r}")
+    groups = circuit.nodes_by_submodule()
+    into: dict[str, str] = {}
+    view = nx.DiGraph()
+    for row, names in groups.items():
+        keep = names
+        if row_cap is not None and len(names) > row_cap:
+            ranked = sorted(names, key=lambda n: -abs(circuit.graph.nodes[n]["effect"]))
+            top = set(ranked[:row_cap])
+            keep = [n for n in names if n in top]
+            rest = [n for n in names if n not in top]
+            more = f"{row}/+{len(rest)}"
+            total = sum(circuit.graph.nodes[n]["effect"] for n in rest)
+            view.add_node(
+                more, submodule=row, kind="more", position=None, effect=total, folded=len(rest)
+            )
+            into.update(dict.fromkeys(rest, more))
+            groups[row] = [*keep, more]
+        for name in keep:
+            view.add_node(name, **circuit.graph.nodes[name])
+            into[name] = name
+    if OUTPUT in circuit.graph:
+        view.add_node(OUTPUT, **circuit.graph.nodes[OUTPUT])
+        into[OUTPUT] = OUTPUT
+    for source, target, weight in circuit.graph.edges(data="weight"):
+        u, v = into[source], into[target]
+        if u != v:
+            previous = view.edges[u, v]["weight"] if view.has_edge(u, v) else 0.0
+            view.add_edge(u, v, weight=previous + weight)
+    return view, groups
+
+
+def strongest_incoming(graph: nx.DiGraph, share: float) -> list[tuple[str, str, float]]:
+    """For each node, its incoming edges of largest |weight| that together carry at least
+    ``share`` (0 < share <= 1) of its total incoming |weight|: ``[(source, target, weight)]``."""
+    if not 0 < share <= 1:
+        raise ValueError(f"edge_share must be in (0, 1], got {share!r}")
+    kept = []
+    for target in graph:
+        incoming = sorted(graph.in_edges(target, data="weight"), key=lambda e: -abs(e[2]))
+        total, carried = sum(abs(w) for _, _, w in incoming), 0.0
+        for edge in incoming:
+            if carried >= share * total:
+                break
+            kept.append(edge)
+            carried += abs(edge[2])
+    return kept
+
+
+def _legend(lines: Sequence[str]) -> str:
+    """The graph's label as an HTML-like table: the caption lines, then the legend."""
+
+    def swatch(colour: str, text: str) -> str:
+        return f'<TD BGCOLOR="{colour}" WIDTH="12"> </TD><TD ALIGN="LEFT">{text}</TD>'
+
+    head = "".join(
+        f'<TR><TD COLSPAN="10">{html.escape(_wrap(line, 100, 400)).replace(chr(92) + "n", "<BR/>")}'
+        "</TD></TR>"
+        for line in lines
+    )
+    key = (
+        swatch(POSITIVE, "positive effect / weight")
+        + swatch(NEGATIVE, "negative")
+        + '<TD ALIGN="LEFT">  ▲ error node   ▢ feature / neuron   ┄ +N more: the rest of a '
+        "row, effects summed   edge width ∝ |weight|</TD>"
+    )
+    return f'<<TABLE BORDER="0" CELLSPACING="2">{head}<TR>{key}</TR></TABLE>>'
+
+
 def _wrap(text: str, width: int = 24, max_chars: int = 96) -> str:
     """Escape ``text`` for a DOT label and break it into centred lines."""
     lines = textwrap.wrap(textwrap.shorten(text, max_chars, placeholder="…"), width) or [text]
@@ -180,13 +277,12 @@ def _show_token(token: str) -> str:
 
 
 def _node_attrs(
-    circuit: Circuit,
+    data: Mapping[str, Any],
     name: str,
     scale: float,
     annotations: Mapping[str, str] | None,
     labels: Mapping[str, str] | None,
 ) -> dict[str, str]:
-    data = circuit.graph.nodes[name]
     effect = data["effect"]
     tooltip = f"{name} ({data['kind']}), effect {effect:+.4g}"
     if name == OUTPUT:
@@ -197,6 +293,16 @@ def _node_attrs(
             "tooltip": f"y (output), total effect {effect:+.4g}",
         }
     fill, intensity = signed_colour(effect, scale)
+    if data["kind"] == "more":
+        return {
+            "label": f"+{data['folded']} more\\nΣ {effect:+.3g}",
+            "shape": "box",
+            "style": "rounded,dashed,filled",
+            "fillcolor": fill,
+            "fontcolor": "white" if intensity > 0.55 else "black",
+            "tooltip": f"{data['folded']} more nodes of {data['submodule']}, summed effect "
+            f"{effect:+.4g}",
+        }
     text = _wrap(node_label(name, annotations, labels))
     if annotation_for(name, annotations) is None and annotation_for(name, labels):
         text = _wrap(name) + r"\n" + text  # an automatic label: keep the name in view
@@ -237,6 +343,8 @@ def diagram(
     positions: bool | None = None,
     tokens: Sequence[str] | None = None,
     max_nodes: int | None = None,
+    row_cap: int | None = ROW_CAP,
+    edge_share: float | None = None,
     title: str | None = None,
 ) -> graphviz.Digraph:
     """The circuit as a ``graphviz.Digraph`` (see the module docstring for the encoding).
@@ -252,11 +360,16 @@ def diagram(
             ``len(tokens)`` > every position in the circuit.
         max_nodes: Draw only this many nodes, those of largest |effect|; the title says how many
             were left out.
+        row_cap: Draw at most this many nodes per row, folding the rest into ``+N more``
+            (`fold_rows`); None draws every node.
+        edge_share: Keep only each node's strongest incoming edges carrying this share of its
+            incoming |weight| (`strongest_incoming`); None keeps every edge.
         title: A line drawn above the diagram.
 
     Raises:
         ValueError: If positions or tokens are asked of a circuit without positions, if tokens
-            are too few, or ``max_nodes`` is not a positive integer.
+            are too few, ``max_nodes`` or ``row_cap`` is not a positive integer, or
+            ``edge_share`` is outside (0, 1].
     """
     has_positions = any(
         position is not None for _, position in circuit.graph.nodes(data="position")
@@ -268,7 +381,23 @@ def diagram(
             "this circuit keeps no positions (it was summed over positions); draw it without "
             "positions or tokens, or discover it with aggregation 'none'"
         )
-    drawn, note = cap_nodes(circuit, max_nodes)
+    capped, note = cap_nodes(circuit, max_nodes)
+    view, groups = fold_rows(capped, row_cap)
+    edges = (
+        list(view.edges(data="weight"))
+        if edge_share is None
+        else strongest_incoming(view, edge_share)
+    )
+    if edge_share is not None and len(edges) < view.number_of_edges():
+        note = "; ".join(
+            line
+            for line in (
+                note,
+                f"{len(edges)} of {view.number_of_edges()} edges shown (each node's strongest "
+                f"incoming edges, {edge_share:.0%} of its incoming |weight|)",
+            )
+            if line
+        )
     caption = [line for line in (title, note) if line]
 
     graph = graphviz.Digraph(
@@ -281,25 +410,28 @@ def diagram(
             "fontname": "Helvetica",
             "fontsize": "11",
             "labelloc": "t",
-            "label": graphviz.nohtml(r"\n".join(_wrap(line, 100, 400) for line in caption)),
+            "label": _legend(caption),
         },
         node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled", "height": "0.3"},
         edge_attr={"fontname": "Helvetica"},
     )
-    groups = drawn.nodes_by_submodule()
     rows: list[str] = list(groups)
-    if OUTPUT in drawn.graph:
+    if OUTPUT in view:
         rows.append(OUTPUT)
         groups[OUTPUT] = [OUTPUT]
-    effects = [abs(effect) for name, effect in drawn.graph.nodes(data="effect") if name != OUTPUT]
+    effects = [
+        abs(effect)
+        for name, effect in view.nodes(data="effect")
+        if name != OUTPUT and view.nodes[name]["kind"] != "more"
+    ]
     node_scale = max(effects, default=0.0) or 1.0
-    weights = [abs(weight) for _, _, weight in drawn.graph.edges(data="weight")]
+    weights = [abs(weight) for _, _, weight in edges]
     edge_scale = max(weights, default=0.0) or 1.0
     invisible = {"style": "invis", "arrowhead": "none"}
 
     columns = 0
     if positions:
-        used = [p for _, p in drawn.graph.nodes(data="position") if p is not None]
+        used = [p for _, p in view.nodes(data="position") if p is not None]
         columns = max(used, default=-1) + 1
         if tokens is not None:
             if len(tokens) < columns:
@@ -335,19 +467,22 @@ def diagram(
                     )
                     chain.append(f"__cell__tokens__{p}")
             elif positions and row != OUTPUT:
-                by_position: dict[int, list[str]] = {}
+                by_position: dict[int | None, list[str]] = {}
                 for name in groups[row]:
-                    by_position.setdefault(drawn.graph.nodes[name]["position"], []).append(name)
-                for p in range(columns):
-                    anchor = f"__cell__{row}__{p}"
-                    sub.node(anchor, label="", shape="point", width="0", style="invis")
-                    chain.append(anchor)
+                    by_position.setdefault(view.nodes[name]["position"], []).append(name)
+                for p in [*range(columns), None]:  # None: the row's +N more, after the columns
+                    if p is not None:
+                        anchor = f"__cell__{row}__{p}"
+                        sub.node(anchor, label="", shape="point", width="0", style="invis")
+                        chain.append(anchor)
                     for name in by_position.get(p, []):
-                        sub.node(name, **_node_attrs(drawn, name, node_scale, annotations, labels))
+                        attrs = _node_attrs(view.nodes[name], name, node_scale, annotations, labels)
+                        sub.node(name, **attrs)
                         chain.append(name)
             else:
                 for name in groups[row]:
-                    sub.node(name, **_node_attrs(drawn, name, node_scale, annotations, labels))
+                    attrs = _node_attrs(view.nodes[name], name, node_scale, annotations, labels)
+                    sub.node(name, **attrs)
                     chain.append(name)
             for left, right in zip(chain, chain[1:], strict=False):
                 sub.edge(left, right, **invisible)
@@ -360,7 +495,7 @@ def diagram(
                 below, above = f"__cell__{lower}__{p}", f"__cell__{upper}__{p}"
                 graph.edge(below, above, weight="5", **invisible)
 
-    for source, target, weight in drawn.graph.edges(data="weight"):
+    for source, target, weight in edges:
         graph.edge(source, target, **_edge_attrs(source, target, weight, edge_scale))
     return graph
 
@@ -389,7 +524,7 @@ def render(
         path: Output file; its suffix gives the format unless ``format`` is given.
         format: ``"svg"``, ``"png"``, ``"pdf"`` or ``"dot"``.
         **options: Keyword options of `diagram` (annotations, labels, positions, tokens,
-            max_nodes, title).
+            max_nodes, row_cap, edge_share, title).
 
     Returns:
         The path written.
