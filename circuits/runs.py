@@ -1,4 +1,5 @@
-"""Long runs that stop cleanly: Ctrl-C ends the current step, the caller saves, then it stops.
+"""Long runs that stop cleanly and resume: Ctrl-C ends the current step, the caller saves, then it
+stops; `read_checkpoint` reads what it saved.
 
     with stop_requests() as requested:
         for step in range(start, steps):
@@ -15,11 +16,14 @@ raises ``KeyboardInterrupt`` at once. Outside the main thread (where Python deli
 from __future__ import annotations
 
 import contextlib
+import os
+import pickle
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["Interrupted", "stop_requests"]
+__all__ = ["Interrupted", "read_checkpoint", "stop_requests"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -44,3 +48,18 @@ def stop_requests() -> Iterator[Callable[[], bool]]:
         yield lambda: bool(seen)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def read_checkpoint(path: str | os.PathLike, writer: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU (no pickled code runs); a truncated or
+    foreign file is one ValueError naming it and ``writer``, the function that writes such files.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError):
+        raise ValueError(
+            f"{path} is not a readable checkpoint (truncated, or not written by {writer}); "
+            "delete it to start over"
+        ) from None

@@ -70,7 +70,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,7 +89,7 @@ from circuits.files import replacing
 from circuits.graph import ERROR, node_name
 from circuits.metrics import BatchInfo, MetricError, kl_to_clean, logit_diff
 from circuits.models import Batch, Model, tensors_sha256
-from circuits.runs import Interrupted, stop_requests
+from circuits.runs import Interrupted, read_checkpoint, stop_requests
 from masks.gates import Gates, HardConcreteGates, SigmoidGates
 
 __all__ = ["PARAMETRISATIONS", "MaskResult", "run_gated", "train_mask"]
@@ -298,13 +297,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _load_checkpoint(path: Path, config: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError):
-        raise ValueError(
-            f"{path} is not a readable mask checkpoint (truncated, or not written by "
-            "train_mask); delete it to start over"
-        ) from None
+    state = read_checkpoint(path, "train_mask")
     if not isinstance(state, dict) or state.get("schema") != _SCHEMA:
         raise ValueError(f"{path} is not a mask checkpoint of schema {_SCHEMA}")
     if state["config"] != config:

@@ -148,6 +148,22 @@ def tiny_model_dir(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="module")
+def tiny_models(tiny_model_dir):
+    """Factory: ``tiny_models("gpt2")`` -> that tiny model loaded by `circuits.models.load_model`,
+    once per test module."""
+    from circuits.models import load_model
+
+    loaded = {}
+
+    def get(family: str):
+        if family not in loaded:
+            loaded[family] = load_model(tiny_model_dir(family))
+        return loaded[family]
+
+    return get
+
+
 #: Clean/patch pairs over the tiny vocabulary: equal token length within a pair, lengths differ
 #: across pairs.
 PAIRS = [

@@ -68,18 +68,6 @@ def mixed_dictionaries(model, seed: int = 1) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def models(tiny_model_dir):
-    loaded = {}
-
-    def get(family: str):
-        if family not in loaded:
-            loaded[family] = load_model(tiny_model_dir(family))
-        return loaded[family]
-
-    return get
-
-
 def sfc_pairs(model) -> set[tuple[str, str]]:
     """SFC's wiring table, written out per layer."""
     names = {sub.name for sub in model.submodules}
@@ -245,10 +233,10 @@ def assert_same_edges(fast: dict, slow: dict, atol: float = 1e-7, rtol: float = 
 
 
 @pytest.mark.parametrize("family", ["gpt_neox", "gpt2", "llama", "gemma2"])
-def test_wiring_is_sfc_table_and_what_the_graph_reaches(models, family):
+def test_wiring_is_sfc_table_and_what_the_graph_reaches(tiny_models, family):
     """The held-fixed forward cuts every attributed submodule: (f_d, e_d) reaches the leaves of
     exactly the submodules SFC wires into d (parallel blocks have no attn_i -> mlp_i)."""
-    model = models(family)
+    model = tiny_models(family)
     assert model.parallel_attn == (family == "gpt_neox")
     saes = random_saes(model, WIDTHS)
     names = [sub.name for sub in model.submodules]
@@ -283,10 +271,10 @@ def test_wiring_is_sfc_table_and_what_the_graph_reaches(models, family):
 
 
 @pytest.mark.parametrize("family", ["gpt_neox", "gpt2"])
-def test_residual_edges_by_hand(models, family):
+def test_residual_edges_by_hand(tiny_models, family):
     """With neurons, resid_i = resid_{i-1} + attn_i + mlp_i and the other two held fixed, so the
     Jacobian of each term is the identity: IE(u/j -> resid_i/k) = [j == k] g_k delta_u,k."""
-    model = models(family)
+    model = tiny_models(family)
     neurons = {sub.name: Identity(sub.width) for sub in model.submodules}
     names = list(neurons)
     units = [0, 3, 7, 12]
@@ -325,11 +313,11 @@ def test_residual_edges_by_hand(models, family):
         ("llama", "sum"),
     ],
 )
-def test_matches_slow_reference(models, family, aggregation):
+def test_matches_slow_reference(tiny_models, family, aggregation):
     """Parallel and sequential blocks, SAEs of three widths, uneven batches of two: the batched
     products equal one backward per downstream node, in every direction and chunk size, and the
     edges out of (and into) error nodes are real."""
-    model = models(family)
+    model = tiny_models(family)
     saes = random_saes(model, WIDTHS)
     pairs = PAIRS if aggregation == "sum" else SAME_LENGTH_PAIRS
     kept = top_nodes(model, saes, pairs, aggregation)
@@ -369,9 +357,9 @@ def test_matches_slow_reference(models, family, aggregation):
         )
 
 
-def test_kept_columns_encoder_matches_the_full_one(models):
+def test_kept_columns_encoder_matches_the_full_one(tiny_models):
     """The narrow encoder of each shipped kind gives encode(x)[..., columns] and its Jacobian."""
-    model = models("gpt2")
+    model = tiny_models("gpt2")
     dictionaries = mixed_dictionaries(model)
     x = torch.randn(2, 5, model.d_model, generator=torch.Generator().manual_seed(0))
     for name, dictionary in dictionaries.items():
@@ -389,8 +377,8 @@ def test_kept_columns_encoder_matches_the_full_one(models):
         torch.testing.assert_close(got_grad, want_grad)
 
 
-def test_every_dictionary_kind_matches_slow_reference(models):
-    model = models("gpt2")
+def test_every_dictionary_kind_matches_slow_reference(tiny_models):
+    model = tiny_models("gpt2")
     dictionaries = mixed_dictionaries(model)
     kept = top_nodes(model, dictionaries, PAIRS, "sum")
     slow = slow_edges(model, dictionaries, PAIRS, kept, batch_size=2)
@@ -400,10 +388,10 @@ def test_every_dictionary_kind_matches_slow_reference(models):
     assert_same_edges(fast, slow)
 
 
-def test_ig_left_vector(models):
+def test_ig_left_vector(tiny_models):
     """gradient="ig" uses the downstream submodule's IG mean gradient (as the reference does) with
     the clean-input Jacobian; one step is AtP; y gets the IG node effects."""
-    model = models("gpt_neox")
+    model = tiny_models("gpt_neox")
     saes = random_saes(model, WIDTHS)
     kept = top_nodes(model, saes, PAIRS, "sum", per_submodule=3)
     steps = 3
@@ -436,12 +424,12 @@ def test_ig_left_vector(models):
 
 
 @pytest.mark.parametrize("aggregation", ["sum", "none", "zero-ablation"])
-def test_edges_out_of_a_node_add_up_to_its_effect(models, aggregation):
+def test_edges_out_of_a_node_add_up_to_its_effect(tiny_models, aggregation):
     """resid_1 carries the whole state of a 2-layer model, so every path from resid_0 to the
     metric passes through it; with all resid_1 nodes kept, the chain rule and the pass-through
     split make sum_d IE(u -> d) = AtP effect of u exactly, for every resid_0 node u. Without
     patch prompts (zero-ablation) the same holds with delta = -clean."""
-    model = models("gpt2")
+    model = tiny_models("gpt2")
     saes = random_saes(model, WIDTHS)
     subs = ["resid_0", "resid_1"]
     pairs = SAME_LENGTH_PAIRS if aggregation == "none" else PAIRS
@@ -499,10 +487,10 @@ def test_edges_into_a_linear_node_add_up_to_its_effect(aggregation):
         assert incoming.get(name, 0.0) == pytest.approx(effect, abs=1e-5 * scale), name
 
 
-def test_output_edges_without_a_final_residual(models):
+def test_output_edges_without_a_final_residual(tiny_models):
     """Attributing only mlp_0 and attn_1: both reach y; attn_1 (the last) gets its node effects,
     mlp_0 its direct effect, checked with plain hooks that freeze attn_1 at its clean value."""
-    model = models("gpt2")
+    model = tiny_models("gpt2")
     saes = random_saes(model, WIDTHS)
     subs = ["mlp_0", "attn_1"]
     assert wiring(model, subs) == {"mlp_0": (), "attn_1": ("mlp_0",), "y": ("mlp_0", "attn_1")}
@@ -548,9 +536,9 @@ def test_output_edges_without_a_final_residual(models):
     assert abs(float(direct_e)) > 1e-4
 
 
-def test_circuit_from_edges(models):
+def test_circuit_from_edges(tiny_models):
     """The result plugs into Circuit.from_effects as it is, with and without positions."""
-    model = models("gpt_neox")
+    model = tiny_models("gpt_neox")
     saes = random_saes(model, WIDTHS)
     for aggregation, pairs in (("sum", PAIRS), ("none", SAME_LENGTH_PAIRS)):
         effects = node_effects(
@@ -569,8 +557,8 @@ def test_circuit_from_edges(models):
 # -- bad inputs -----------------------------------------------------------------------------------
 
 
-def test_bad_inputs(models):
-    model = models("gpt_neox")
+def test_bad_inputs(tiny_models):
+    model = tiny_models("gpt_neox")
     saes = random_saes(model, WIDTHS)
 
     def run(nodes, pairs=PAIRS, dictionaries=saes, **options):

@@ -22,7 +22,6 @@ from torch.testing import assert_close
 
 from circuits import load_dictionaries
 from circuits.dictionaries import fetch_dictionaries, sae_lens_releases, submodule_for_hook
-from circuits.models import load_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 D, F = 32, 16  # the tiny models' d_model, the SAEs' width
@@ -36,19 +35,6 @@ def cache(tmp_path, monkeypatch) -> Path:
         monkeypatch.setenv(name, str(int(value)) if isinstance(value, bool) else value)
         monkeypatch.setattr(huggingface_hub.constants, name, value)
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    """``tiny("gpt2")`` -> the tiny model of that family, loaded once per module."""
-    loaded = {}
-
-    def get(family: str):
-        if family not in loaded:
-            loaded[family] = load_model(tiny_model_dir(family))
-        return loaded[family]
-
-    return get
 
 
 def snapshot(cache: Path, repo_id: str) -> Path:
@@ -123,8 +109,8 @@ def x_of(d: int = D) -> torch.Tensor:
 # sae-lens
 
 
-def test_gpt2_res_jb_lands_on_the_resid_before_the_block(cache, tiny):
-    model = tiny("gpt2")
+def test_gpt2_res_jb_lands_on_the_resid_before_the_block(cache, tiny_models):
+    model = tiny_models("gpt2")
     repo = snapshot(cache, "jbloom/GPT2-Small-SAEs-Reformatted")
     # sae-lens files written before sae-lens 6 call the hook "hook_point".
     t1 = write_sae_lens(
@@ -141,8 +127,8 @@ def test_gpt2_res_jb_lands_on_the_resid_before_the_block(cache, tiny):
     check_relu(ds["resid_1"], t2, x_of())
 
 
-def test_sfc_pythia_release_and_only_kept_weights_are_read(cache, tiny):
-    model = tiny("gpt_neox")
+def test_sfc_pythia_release_and_only_kept_weights_are_read(cache, tiny_models):
+    model = tiny_models("gpt_neox")
     res = snapshot(cache, "ctigges/pythia-70m-deduped__res-sm_processed")
     write_sae_lens(res / "e-res-sm", "blocks.0.hook_resid_pre", weights=False)  # config only
     t0 = write_sae_lens(res / "0-res-sm", "blocks.0.hook_resid_post", seed=5)
@@ -165,8 +151,8 @@ def test_sfc_pythia_release_and_only_kept_weights_are_read(cache, tiny):
     check_relu(ds["mlp_1"], t_mlp, x_of())
 
 
-def test_gemma_scope_canonical_resid_and_attention_z(cache, tiny):
-    model = tiny("gemma2")  # attn_i is o_proj's input, 4 heads x 12 = 48 wide
+def test_gemma_scope_canonical_resid_and_attention_z(cache, tiny_models):
+    model = tiny_models("gemma2")  # attn_i is o_proj's input, 4 heads x 12 = 48 wide
     res = snapshot(cache, "google/gemma-scope-2b-pt-res")
     t_res = write_gemma_scope(res / "layer_1/width_16k/average_l0_102")  # the canonical L0
     att = snapshot(cache, "google/gemma-scope-2b-pt-att")
@@ -187,7 +173,7 @@ def test_gemma_scope_canonical_resid_and_attention_z(cache, tiny):
         assert_close(ds[name].decode(f), f @ t["W_dec"] + t["b_dec"])
 
 
-def test_directory_of_an_installed_sae_lens(cache, tiny, monkeypatch):
+def test_directory_of_an_installed_sae_lens(cache, tiny_models, monkeypatch):
     lookup = SimpleNamespace(
         repo_id="someone/saes",
         model="gpt2-small",
@@ -206,20 +192,20 @@ def test_directory_of_an_installed_sae_lens(cache, tiny, monkeypatch):
     assert set(sae_lens_releases()) == {"mine", "rescaled", "llama"}
 
     t = write_sae_lens(snapshot(cache, "someone/saes") / "mlp0", "blocks.0.hook_mlp_out")
-    ds = load_dictionaries(tiny("gpt2"), "sae-lens:mine/blocks.0.hook_mlp_out")
+    ds = load_dictionaries(tiny_models("gpt2"), "sae-lens:mine/blocks.0.hook_mlp_out")
     check_relu(ds["mlp_0"], t, x_of())
     with pytest.raises(ValueError, match="overrides its cfg.json.*normalize_activations"):
-        load_dictionaries(tiny("gpt2"), "sae-lens:rescaled/blocks.0.hook_mlp_out")
+        load_dictionaries(tiny_models("gpt2"), "sae-lens:rescaled/blocks.0.hook_mlp_out")
     with pytest.raises(ValueError, match="'llama_scope' loader, which is not read here"):
-        load_dictionaries(tiny("gpt2"), "sae-lens:llama/blocks.0.hook_mlp_out")
+        load_dictionaries(tiny_models("gpt2"), "sae-lens:llama/blocks.0.hook_mlp_out")
 
 
 # ------------------------------------------------------------------------------------------------
 # sparsify
 
 
-def test_sparsify_hookpoints(cache, tiny):
-    model = tiny("gpt_neox")
+def test_sparsify_hookpoints(cache, tiny_models):
+    model = tiny_models("gpt_neox")
     repo = snapshot(cache, "EleutherAI/sae-pythia-70m-32k")
     hookpoints = {"embed_in": "embed", "layers.0": "resid_0", "layers.0.attention": "attn_0"}
     hookpoints["layers.1.mlp"] = "mlp_1"
@@ -264,8 +250,8 @@ def test_sparsify_hookpoints(cache, tiny):
         ("gemma2", "blocks.1.attn.hook_z", "attn_1"),
     ],
 )
-def test_hook_names(tiny, family, hook, name):
-    assert submodule_for_hook(tiny(family), hook) == name
+def test_hook_names(tiny_models, family, hook, name):
+    assert submodule_for_hook(tiny_models(family), hook) == name
 
 
 @pytest.mark.parametrize(
@@ -279,48 +265,52 @@ def test_hook_names(tiny, family, hook, name):
         ("gpt2", "blocks.0.hook_resid_mid", "not a submodule's activation; supported: hook_embed"),
     ],
 )
-def test_hooks_that_are_no_submodule(tiny, family, hook, message):
+def test_hooks_that_are_no_submodule(tiny_models, family, hook, message):
     with pytest.raises(ValueError, match=message):
-        submodule_for_hook(tiny(family), hook)
+        submodule_for_hook(tiny_models(family), hook)
 
 
 # ------------------------------------------------------------------------------------------------
 # Errors
 
 
-def test_unknown_release_and_sae_id(cache, tiny):
+def test_unknown_release_and_sae_id(cache, tiny_models):
     with pytest.raises(ValueError, match="unknown sae-lens release 'gpt3-res'.*gpt2-small-res-jb"):
-        load_dictionaries(tiny("gpt2"), "sae-lens:gpt3-res/blocks.1.hook_resid_pre")
+        load_dictionaries(tiny_models("gpt2"), "sae-lens:gpt3-res/blocks.1.hook_resid_pre")
     with pytest.raises(
         ValueError,
         match=r"'gpt2-small-res-jb' \(jbloom/GPT2-Small-SAEs-Reformatted\) has no SAE id",
     ):
-        load_dictionaries(tiny("gpt2"), "sae-lens:gpt2-small-res-jb/blocks.99.hook_resid_pre")
+        load_dictionaries(
+            tiny_models("gpt2"), "sae-lens:gpt2-small-res-jb/blocks.99.hook_resid_pre"
+        )
     with pytest.raises(ValueError, match="unknown dictionary scheme"):
-        fetch_dictionaries(tiny("gpt2"), "saelens:gpt2-small-res-jb/blocks.1.hook_resid_pre")
+        fetch_dictionaries(tiny_models("gpt2"), "saelens:gpt2-small-res-jb/blocks.1.hook_resid_pre")
 
 
-def test_files_missing_from_the_offline_cache(cache, tiny):
+def test_files_missing_from_the_offline_cache(cache, tiny_models):
     repo_id, folder = "jbloom/GPT2-Small-SAEs-Reformatted", "blocks.1.hook_resid_pre"
     spec = f"sae-lens:gpt2-small-res-jb/{folder}"
     with pytest.raises(FileNotFoundError) as info:
-        load_dictionaries(tiny("gpt2"), spec)
+        load_dictionaries(tiny_models("gpt2"), spec)
     message = str(info.value)
     for part in (repo_id, f"{folder}/cfg.json", str(cache), "HF_HUB_OFFLINE", "hf download"):
         assert part in message
 
     write_sae_lens(snapshot(cache, repo_id) / folder, folder, weights=False)
     with pytest.raises(FileNotFoundError, match=f"{folder}/sae_weights.safetensors"):
-        load_dictionaries(tiny("gpt2"), spec)
+        load_dictionaries(tiny_models("gpt2"), spec)
     with pytest.raises(FileNotFoundError, match="EleutherAI/sae-x: the repo is not in the Hugging"):
-        load_dictionaries(tiny("gpt2"), "sparsify:EleutherAI/sae-x")
+        load_dictionaries(tiny_models("gpt2"), "sparsify:EleutherAI/sae-x")
 
 
-def test_width_mismatch_and_clashes(cache, tiny):
+def test_width_mismatch_and_clashes(cache, tiny_models):
     repo = snapshot(cache, "jbloom/GPT2-Small-SAEs-Reformatted")
     write_sae_lens(repo / "blocks.1.hook_resid_pre", "blocks.1.hook_resid_pre", d=16)
     with pytest.raises(ValueError, match="has d_model 16, but submodule resid_0 has width 32"):
-        load_dictionaries(tiny("gpt2"), "sae-lens:gpt2-small-res-jb/blocks.1.hook_resid_pre")
+        load_dictionaries(tiny_models("gpt2"), "sae-lens:gpt2-small-res-jb/blocks.1.hook_resid_pre")
     # Two widths of one layer: both are resid_0, found from the names alone.
     with pytest.raises(ValueError, match="several dictionaries for one submodule.*resid_0"):
-        load_dictionaries(tiny("gemma2"), "sae-lens:gemma-scope-2b-pt-res-canonical/layer_0/*")
+        load_dictionaries(
+            tiny_models("gemma2"), "sae-lens:gemma-scope-2b-pt-res-canonical/layer_0/*"
+        )

@@ -210,7 +210,7 @@ def test_a_checkpoint_is_not_reused_for_other_weights_or_read_when_truncated(neo
     with pytest.raises(ValueError, match="dictionaries differ"):
         train_mask(neox, other, PAIRS, **options)
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match="not a readable mask checkpoint.*delete it"):
+    with pytest.raises(ValueError, match="not a readable checkpoint.*train_mask.*delete it"):
         train_mask(neox, saes, PAIRS, **options)
 
 

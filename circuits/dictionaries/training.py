@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import count, islice
 from pathlib import Path
@@ -31,7 +30,7 @@ from circuits.dictionaries.base import SAE, BatchTopK, JumpReLU, ReLU, TopK
 from circuits.dictionaries.formats import PathLike, save_dictionary
 from circuits.dictionaries.mapping import sfc_directory_name
 from circuits.files import replacing, write_text
-from circuits.runs import Interrupted, stop_requests
+from circuits.runs import Interrupted, read_checkpoint, stop_requests
 
 __all__ = ["train_dictionaries", "TrainedDictionary"]
 
@@ -552,13 +551,7 @@ def train_dictionaries(
     out.mkdir(parents=True, exist_ok=True)
     checkpoint, state = out / CHECKPOINT, None
     if resume and checkpoint.is_file():
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError):
-            raise ValueError(
-                f"{checkpoint} is not a readable checkpoint (truncated, or not written by "
-                "train_dictionaries); delete it to start over"
-            ) from None
+        state = read_checkpoint(checkpoint, "train_dictionaries")
         saved = json.loads(state["options"])
         if saved != options:
             differ = ", ".join(key for key in options if saved.get(key) != options[key])
