@@ -706,7 +706,7 @@ def tensors_sha256(tensors: Iterable[torch.Tensor]) -> str:
     for tensor in tensors:
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
+        digest.update(flat.view(torch.uint8).numpy())  # the buffer itself, not a copy
     return digest.hexdigest()
 
 
