@@ -186,17 +186,17 @@ def test_graphml_positions(tmp_path):
 
 
 def test_neuronpedia_document():
+    """Values per node; the schema itself is checked in tests/test_viz_export.py."""
     circuit = positional_circuit()
     doc = to_neuronpedia(circuit, annotations={"resid_0/7": "plural"}, tokens=["a", "b", "c"])
     assert set(doc) == {"metadata", "qParams", "nodes", "links"}
-    nodes = {node["node_id"]: node for node in doc["nodes"]}
+    nodes = {node["name"]: node for node in doc["nodes"]}
     assert set(nodes) == set(circuit.graph)
-    assert nodes["embed/3@0"]["layer"] == "E"  # an SAE feature of the embedding
-    assert nodes["embed/3@0"]["feature_type"] == "sae feature"
+    assert nodes["embed/3@0"]["layer"] == "E" and nodes["embed/3@0"]["node_id"] == "E_3_0"
     assert nodes["mlp_0/ε@1"]["feature"] == -1
     assert nodes["mlp_0/ε@1"]["feature_type"] == "mlp reconstruction error"
     assert nodes["resid_0/7@2"]["clerp"] == "plural" and nodes["resid_0/7@2"]["ctx_idx"] == 2
-    assert nodes["resid_0/7@2"]["influence"] == 1.0
+    assert nodes["resid_0/7@2"]["effect"] == 1.0
     assert [nodes[n]["layer"] for n in ("attn_0/5@1", "mlp_0/ε@1", "resid_0/7@2", "y")] == [
         "1",
         "2",
@@ -204,7 +204,8 @@ def test_neuronpedia_document():
         "4",
     ]
     assert nodes["y"]["feature_type"] == "logit"
-    links = {(link["source"], link["target"]): link["weight"] for link in doc["links"]}
+    name_of = {node["node_id"]: node["name"] for node in doc["nodes"]}
+    links = {(name_of[ln["source"]], name_of[ln["target"]]): ln["weight"] for ln in doc["links"]}
     assert links == circuit.edge_weights()
     assert doc["metadata"]["prompt_tokens"] == ["a", "b", "c"]
     json.dumps(doc, allow_nan=False)
@@ -249,9 +250,7 @@ def test_render_cli_formats(tmp_path, capsys):
     assert nx.read_graphml(out).nodes["resid_0/7"]["label"] == "plural"
     out = tmp_path / "np.json"
     assert main(["render", str(path), "-o", str(out)]) == 0
-    assert {n["node_id"] for n in json.loads(out.read_text())["nodes"]} == set(
-        small_circuit().graph
-    )
+    assert {n["name"] for n in json.loads(out.read_text())["nodes"]} == set(small_circuit().graph)
     out = tmp_path / "c.dot"
     assert main(["render", str(path), "-o", str(out), "--max-nodes", "2"]) == 0
     assert "3 of 5 nodes not shown" in out.read_text(encoding="utf-8")
