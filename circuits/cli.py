@@ -577,6 +577,7 @@ def _train_dictionaries(args: argparse.Namespace) -> int:
         lr=args.lr,
         buffer_tokens=args.buffer_tokens,
         context_length=args.context_length,
+        skip_positions=args.skip_positions,
         eval_docs=args.eval_docs,
         task=load_task(args.task, "test") if args.task else None,
         seed=args.seed,
@@ -1236,6 +1237,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--buffer-tokens", type=int, default=2**16, help="activations held per submodule"
     )
     train.add_argument("--context-length", type=int, default=128, help="tokens kept per document")
+    train.add_argument(
+        "--skip-positions",
+        type=int,
+        default=0,
+        help="leave each document's first N tokens out of training and metrics (attention sinks)",
+    )
     train.add_argument("--eval-docs", type=int, default=64, help="documents held out for metrics")
     train.add_argument(
         "--task",

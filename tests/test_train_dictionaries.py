@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 
 import pytest
 import torch
@@ -231,6 +232,45 @@ def test_saved_dictionaries_load_and_their_metrics_hold(model, tmp_path, activat
         assert accuracy == pytest.approx(sum(right) / len(right))
 
 
+def test_skipped_first_positions_stay_out_of_training_and_metrics(model, tiny_model_dir, tmp_path):
+    """With ``skip_positions=2`` the metrics are those of positions 2 on, and the SAE spliced in
+    leaves positions 0 and 1 as they were; a first token 1,000 times larger warns."""
+    trained = train_dictionaries(
+        model, DOCS, tmp_path, submodules=["embed"], skip_positions=2, **QUICK
+    )["embed"]
+    held_out = DOCS[: QUICK["eval_docs"]]
+    batch = model.tokenize(held_out)
+    later = batch.attention_mask.bool() & (batch.attention_mask.cumsum(1) > 2)
+    with torch.no_grad():
+        x = model.module("embed")(batch.input_ids)[later]  # [tokens, d_model]
+    sae = trained.dictionary
+    assert trained.metrics["eval_tokens"] == x.shape[0]
+    assert trained.metrics["variance_explained"] == pytest.approx(1 - fvu(sae, x), abs=1e-5)
+
+    def from_position_2(module, args, out):
+        return torch.cat([out[:, :2], sae(out[:, 2:])], 1)
+
+    hook = model.module("embed").register_forward_hook(from_position_2)
+    with torch.no_grad():
+        logits = model.torch_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    hook.remove()
+    clean = mean_ce(*embed_spliced_logits(model, held_out, None))
+    assert trained.metrics["delta_ce"] == pytest.approx(
+        mean_ce(logits.logits, batch) - clean, abs=1e-5
+    )
+
+    sinking = load_model(tiny_model_dir("gpt_neox"))  # every text starts with BOS
+    with torch.no_grad():
+        sinking.module("embed").weight[batch.input_ids[0, 0]] *= 1000
+    with pytest.warns(UserWarning, match="attention sink.*skip_positions=1"):
+        train_dictionaries(sinking, DOCS, tmp_path / "sink", submodules=["embed"], **QUICK)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_dictionaries(
+            sinking, DOCS, tmp_path / "skip", submodules=["embed"], skip_positions=1, **QUICK
+        )
+
+
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(model, tmp_path):
     options = dict(QUICK, steps=13, checkpoint_every=5, submodules=["mlp_0", "resid_1"])
     options.update(width={"mlp_0": 32, "resid_1": 48}, k={"mlp_0": 2, "resid_1": 4})
@@ -323,6 +363,7 @@ def test_corpus_from_files_and_the_zoo(model, tmp_path):
         (dict(corpus=DOCS[:14]), "fewer than one batch"),
         (dict(corpus=DOCS[:12]), "all held out"),
         (dict(activation="gated"), "activation"),
+        (dict(skip_positions=-1), "non-negative"),
     ],
 )
 def test_bad_input_raises_a_clear_value_error(model, tmp_path, change, message):

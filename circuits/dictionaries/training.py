@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import count, islice
 from pathlib import Path
@@ -282,6 +283,19 @@ def _read_file(path: Path) -> Iterator[str]:
                 yield text
 
 
+def _kept(batch: Any, skip_positions: int) -> Tensor:
+    """``[batch, pos]`` bool: real tokens at position ``skip_positions`` or later of their text."""
+    real = batch.attention_mask.bool()
+    return real & (real.cumsum(1) > skip_positions)
+
+
+def _first_norm_ratio(act: Tensor, attention_mask: Tensor) -> float:
+    """Mean norm of the first tokens of ``act [batch, pos, d]`` over the median of the others'."""
+    norms = act.float().norm(dim=-1)  # [batch, pos]
+    later = norms[:, 1:][attention_mask[:, 1:].bool().to(norms.device)]
+    return (norms[:, 0].mean() / later.median()).item() if later.numel() else 1.0
+
+
 def _tokenize(model: Any, texts: list[str], context_length: int | None) -> Any:
     """A `Batch` of ``texts`` cut to ``context_length`` tokens."""
     from circuits.models import Batch
@@ -309,13 +323,14 @@ class _Buffer:
     """Activations of every trained submodule at the same tokens, shuffled, refilled when used.
 
     Fill ``i`` runs forwards over the next training documents until it holds at least
-    ``buffer_tokens`` real tokens (BOS included), then serves ``batch_size`` rows at a time in an
-    order drawn from a generator seeded by ``(seed, i)``. A fill is thus fixed by its index and
-    first document, all a checkpoint needs to rebuild it.
+    ``buffer_tokens`` tokens (real ones from position ``skip_positions`` on), then serves
+    ``batch_size`` rows at a time in an order drawn from a generator seeded by ``(seed, i)``.
+    A fill is thus fixed by its index and first document, all a checkpoint needs to rebuild it.
     """
 
     def __init__(self, model: Any, names: list[str], corpus: _Corpus, options: Mapping):
         self.model, self.names, self.corpus, self.o = model, names, corpus, options
+        self.first_norm_ratio: dict[str, float] = {}  # of a fill's first forward
 
     def load(self, fill: int, position: int, offset: int = 0) -> None:
         """Fill number ``fill`` from training document ``position``; skip ``offset`` batches."""
@@ -325,9 +340,11 @@ class _Buffer:
         while n < o["buffer_tokens"]:
             texts = list(islice(docs, o["text_batch_size"]))
             batch = _tokenize(self.model, texts, o["context_length"])
-            keep = batch.attention_mask.bool()
+            keep = _kept(batch, o["skip_positions"])
             for name, act in _read(self.model, batch, self.names).items():
                 parts[name].append(act[keep.to(act.device)])
+                if not n:
+                    self.first_norm_ratio[name] = _first_norm_ratio(act, batch.attention_mask)
             n, used = n + int(keep.sum()), used + len(texts)
             if used >= (self.corpus.n_train or math.inf) and n < o["batch_size"]:
                 raise ValueError(
@@ -354,29 +371,46 @@ class _Buffer:
 # Evaluation on held-out text
 
 
+class _FromPosition(torch.nn.Module):
+    """``sae`` applied to ``x [batch, pos, d]`` from position ``skip`` on; earlier ones kept."""
+
+    def __init__(self, sae: SAE, skip: int):
+        super().__init__()
+        self.sae, self.skip = sae, skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([x[:, : self.skip], self.sae(x[:, self.skip :])], 1)
+
+
 @torch.no_grad()
 def _evaluate(model, saes: Mapping[str, SAE], corpus: _Corpus, task, options: Mapping) -> dict:
-    """Metrics per SAE on the held-out documents (every real token, BOS included).
+    """Metrics per SAE on the held-out documents' tokens from position ``skip_positions`` on.
 
     Variance explained ``1 - Σ‖x - x_hat‖² / Σ‖x - mean(x)‖²``, mean L0, the fraction of
     features that never fire, and mean next-token cross-entropy (nats) with the SAE spliced in
-    minus without; given a task, its accuracy with and without the SAE.
+    minus without; given a task, its accuracy with and without the SAE. Spliced in, an SAE
+    replaces the activation from position ``skip_positions`` on and leaves the positions before.
     """
     from circuits.zoo.card import cross_entropy, spliced_logits, task_scores
 
-    spliced = {name: copy.deepcopy(sae).to(dtype=model.dtype) for name, sae in saes.items()}
+    skip = options["skip_positions"]
+    spliced = {
+        name: _FromPosition(copy.deepcopy(sae).to(dtype=model.dtype), skip)
+        for name, sae in saes.items()
+    }
     sums = {name: dict.fromkeys(("err", "x2", "x", "l0", "ce", "fired"), 0.0) for name in saes}
     clean = targets = tokens = 0.0
     for start in range(0, len(corpus.heldout), options["text_batch_size"]):
         texts = corpus.heldout[start : start + options["text_batch_size"]]
         batch = _tokenize(model, texts, options["context_length"])
         n_targets = int(batch.attention_mask[:, 1:].sum())
+        n_tokens = int(_kept(batch, skip).sum())
         if n_targets:
             clean += cross_entropy(spliced_logits(model, batch), batch) * n_targets
-        targets, tokens = targets + n_targets, tokens + int(batch.attention_mask.sum())
+        targets, tokens = targets + n_targets, tokens + n_tokens
         for name, act in _read(model, batch, list(saes)).items():
             sae, s = saes[name], sums[name]
-            x = act[batch.attention_mask.bool().to(act.device)].to(sae.W_enc)  # [tokens, d]
+            x = act[_kept(batch, skip).to(act.device)].to(sae.W_enc)  # [tokens, d]
             f = sae.encode(x)  # [tokens, width]
             s["err"] += (x - sae.decode(f)).double().pow(2).sum().item()
             s["x2"] += x.double().pow(2).sum().item()
@@ -446,6 +480,7 @@ def train_dictionaries(
     buffer_tokens: int = 2**16,
     text_batch_size: int = 32,
     context_length: int | None = 128,
+    skip_positions: int = 0,
     eval_docs: int = 64,
     task: Any = None,
     checkpoint_every: int | None = 500,
@@ -500,6 +535,11 @@ def train_dictionaries(
         buffer_tokens: tokens held per submodule between refills.
         text_batch_size: documents per forward.
         context_length: tokens kept per document (None keeps all).
+        skip_positions: leave out each document's first ``skip_positions`` tokens from training
+            and the metrics. Models without a BOS token often make the first token an attention
+            sink whose residual norm is 100 times the others' (SmolLM2 from layer 14 on); it
+            then sets the scale and the variance, and the other tokens are barely
+            reconstructed. Training warns when it sees one.
         eval_docs: documents held out for the metrics.
         task: a `circuits.tasks.Task` with patch prompts, scored with each SAE spliced in.
         checkpoint_every: steps between checkpoints (None: none).
@@ -521,6 +561,8 @@ def train_dictionaries(
     for what, v in (("steps", steps), ("batch_size", batch_size), ("eval_docs", eval_docs)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{what} must be a positive integer, got {v!r}")
+    if not isinstance(skip_positions, int) or skip_positions < 0:
+        raise ValueError(f"skip_positions must be a non-negative integer, got {skip_positions!r}")
     if buffer_tokens < batch_size:
         raise ValueError(f"buffer_tokens={buffer_tokens} is below batch_size={batch_size}")
     if task is not None and not task.has_patch:
@@ -543,7 +585,8 @@ def train_dictionaries(
         "steps": steps, "batch_size": batch_size, "lr": lr, "sparsity": sparsity_coefficient,
         "auxk_alpha": auxk_alpha, "k_aux": k_aux, "dead_after": dead_after,
         "buffer_tokens": buffer_tokens, "text_batch_size": text_batch_size,
-        "context_length": context_length, "eval_docs": eval_docs, "seed": seed,
+        "context_length": context_length, "skip_positions": skip_positions,
+        "eval_docs": eval_docs, "seed": seed,
         "corpus": data.fingerprint, "model": model.fingerprint(),
     }  # fmt: skip
 
@@ -562,6 +605,16 @@ def train_dictionaries(
     buffer = _Buffer(model, names, data, options)
     if state is None:
         buffer.load(0, 0)
+        sinks = {n: r for n, r in buffer.first_norm_ratio.items() if r > 10}
+        if sinks and not skip_positions:
+            worst = max(sinks, key=sinks.get)
+            warnings.warn(
+                f"the first token's activation norm is {sinks[worst]:.0f} times the others' at "
+                f"{worst} (and {len(sinks) - 1} more submodule(s)): an attention sink that will "
+                "set the SAEs' scale and variance; pass skip_positions=1 (--skip-positions 1) to "
+                "train on the other tokens",
+                stacklevel=2,
+            )
     else:
         buffer.load(int(state["fill"]), int(state["position"]), int(state["offset"]))
     generator = torch.Generator().manual_seed(seed)
@@ -635,6 +688,7 @@ def train_dictionaries(
             "schema_version": SCHEMA_VERSION, "submodule": name, "activation": activation,
             "width": widths[name], "k": ks[name] if activation in ("topk", "batchtopk") else None,
             "steps": steps, "tokens": steps * batch_size, "scale": t.scale.item(),
+            "skip_positions": skip_positions,
             "dead_fraction_train": (t.since_fired >= dead_after).float().mean().item(),
             **metrics[name],
         }  # fmt: skip
