@@ -462,7 +462,7 @@ def _explore(args: argparse.Namespace) -> int:
     from circuits.graph import Circuit
     from viz.annotations import read_annotations
     from viz.diagram import parse_tokens
-    from viz.explorer import write_explorer
+    from viz.explorer import read_supernodes, write_explorer
 
     circuit = Circuit.load(args.circuit)
     dashboards = None
@@ -476,6 +476,7 @@ def _explore(args: argparse.Namespace) -> int:
         annotations=read_annotations(args.annotations) if args.annotations else None,
         dashboards=dashboards,
         tokens=None if args.tokens is None else parse_tokens(args.tokens),
+        supernodes=read_supernodes(args.supernodes) if args.supernodes else None,
         max_nodes=args.max_nodes,
         title=args.title or Path(args.circuit).parent.name or None,
     )
@@ -1094,8 +1095,9 @@ def build_parser() -> argparse.ArgumentParser:
     expl = commands.add_parser(
         "explore",
         help="write a self-contained HTML page to explore a circuit in a browser",
-        description="Write one HTML file (data inline, no network) with the layered circuit, "
-        "a panel per node, threshold sliders and path highlighting.",
+        description="Write one HTML file (data inline, no network) with the circuit laid out "
+        "by submodule and position: pan and zoom, a panel per node, node and edge filters that "
+        "lay it out again, search, pinned paths and supernodes.",
         formatter_class=fmt,
     )
     expl.add_argument("circuit", help="a circuit file saved by `circuits discover`")
@@ -1118,6 +1120,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="show only the N nodes of largest |effect|" + _NO_DEFAULT,
+    )
+    expl.add_argument(
+        "--supernodes",
+        metavar="FILE",
+        help='group nodes as in this file, saved by the page\'s "save supernodes"' + _NO_DEFAULT,
     )
     expl.add_argument(
         "--title", help="page title (default: the circuit's directory name)" + _NO_DEFAULT

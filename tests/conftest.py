@@ -240,6 +240,37 @@ def small_circuit():
     return Circuit.from_effects(effects, edges, {"total_effect": 1.2, "model": "tiny"})
 
 
+def big_circuit(
+    rows: int = 10, per_row: int = 100, fan: int = 5, positions: int | None = None, seed: int = 0
+):
+    """``rows`` resid rows of ``per_row`` nodes, every node wired to ``fan`` nodes of the next
+    row, the last row to ``y``; with ``positions``, node ``i`` sits at position ``i % positions``
+    and is wired to nodes at its position or later."""
+    import random
+
+    from circuits.graph import Circuit
+
+    rng = random.Random(seed)
+    at = "" if positions is None else "@{}"
+
+    def position(i: int) -> int:
+        return i % positions if positions else 0
+
+    def name(r: int, i: int) -> str:
+        return f"resid_{r}/{i}" + at.format(position(i))
+
+    effects = {name(r, i): rng.uniform(-1, 1) for r in range(rows) for i in range(per_row)}
+    edges = {}
+    for r in range(rows - 1):
+        for i in range(per_row):
+            later = [j for j in range(per_row) if position(j) >= position(i)]
+            for j in rng.sample(later, min(fan, len(later))):
+                edges[(name(r, i), name(r + 1, j))] = rng.uniform(-0.1, 0.1)
+    for i in range(per_row):
+        edges[(name(rows - 1, i), "y")] = effects[name(rows - 1, i)]
+    return Circuit.from_effects(effects, edges, {"total_effect": 1.0})
+
+
 # -- SmolLM2-135M (the smollm2 extra) ------------------------------------------------------------
 
 

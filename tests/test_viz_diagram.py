@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import networkx as nx
 import pytest
-from conftest import small_circuit
+from conftest import big_circuit, small_circuit
 
 from circuits.cli import main
 from circuits.graph import Circuit
@@ -270,22 +270,6 @@ def test_render_cli_positions_and_tokens(tmp_path):
 
 
 # -- large circuits: rows folded, relative edge filter, legend ------------------------------------
-
-
-def big_circuit(rows: int = 10, per_row: int = 100, seed: int = 0) -> Circuit:
-    """``rows`` resid rows of ``per_row`` nodes, every node wired to 5 nodes of the next row."""
-    import random
-
-    rng = random.Random(seed)
-    effects = {f"resid_{r}/{i}": rng.uniform(-1, 1) for r in range(rows) for i in range(per_row)}
-    edges = {}
-    for r in range(rows - 1):
-        for i in range(per_row):
-            for j in rng.sample(range(per_row), 5):
-                edges[(f"resid_{r}/{i}", f"resid_{r + 1}/{j}")] = rng.uniform(-0.1, 0.1)
-    for i in range(per_row):
-        edges[(f"resid_{rows - 1}/{i}", "y")] = effects[f"resid_{rows - 1}/{i}"]
-    return Circuit.from_effects(effects, edges, {"total_effect": 1.0})
 
 
 def test_rows_fold_into_more_nodes_with_summed_effects_and_edges():

@@ -1,28 +1,30 @@
 """The explorer page: its structure and inline data always; its behaviour in headless Chromium.
 
-Browser tests drive Chromium over the DevTools protocol (``websocket-client``, which nnsight
-already needs) and skip with the reason when Chromium or the client is missing.
+Browser tests drive Chromium over the DevTools protocol (`tests/browser.py`) and skip with the
+reason when Chromium or the websocket client is missing.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import queue
 import re
-import shutil
-import subprocess
-import threading
 import time
-import urllib.request
-import zlib
 
+import networkx as nx
 import pytest
-from conftest import small_circuit
+from browser import BrowserMissing, chromium, png_colours
+from conftest import big_circuit, small_circuit
 
 from circuits.cli import main
 from circuits.graph import Circuit
-from viz.explorer import explorer_data, explorer_html, script_json, write_explorer
+from viz.diagram import strongest_incoming
+from viz.explorer import (
+    explorer_data,
+    explorer_html,
+    read_supernodes,
+    script_json,
+    write_explorer,
+)
 
 EVIL = "ends </script><script>window.__pwned = 1</script><!-- & \u2028 done"
 DASHBOARD = {
@@ -67,15 +69,13 @@ def test_page_is_self_contained_and_holds_the_circuit():
     assert urls <= {"http://www.w3.org/2000/svg"}
     data = payload(page)
     assert {node["name"] for node in data["nodes"]} == set(circuit.graph)
-    edges = {(e["source"], e["target"]): e["weight"] for e in data["edges"]}
+    names = [node["name"] for node in data["nodes"]]
+    edges = {(names[s], names[t]): w for s, t, w in data["edges"]}
     assert edges == circuit.edge_weights()
     nodes = {node["name"]: node for node in data["nodes"]}
     assert nodes["resid_0/7"]["effect"] == 1.0 and nodes["mlp_0/ε"]["kind"] == "error"
-    assert nodes["resid_0/7"]["fill"] == "#2166ac"
-    # Layered: each row above the one before it (smaller y), y on top.
     order = ["embed/3", "attn_0/5", "mlp_0/ε", "resid_0/7", "resid_1/2", "y"]
-    heights = [nodes[name]["y"] for name in order]
-    assert heights == sorted(heights, reverse=True) and len(set(heights)) == len(heights)
+    assert [nodes[name]["row"] for name in order] == [0, 1, 2, 3, 4, 5]
     assert [row["name"] for row in data["rows"]] == [
         "embed",
         "attn_0",
@@ -109,8 +109,7 @@ def test_positions_tokens_dashboards_and_cap():
     assert nodes["attn_0/5@1"]["label"] == "near" and nodes["embed/3@0"]["dashboard"] is None
     columns = {col["position"]: col for col in data["columns"]}
     assert [columns[p]["token"] for p in range(4)] == ["<bos>", "the", "cat", "sat"]
-    assert nodes["attn_0/5@1"]["x"] == pytest.approx(nodes["mlp_0/ε@1"]["x"])
-    assert nodes["embed/3@0"]["x"] < nodes["attn_0/5@1"]["x"] < nodes["resid_0/7@2"]["x"]
+    assert [nodes[n]["position"] for n in ("embed/3@0", "mlp_0/ε@1", "resid_0/7@2")] == [0, 1, 2]
     with pytest.raises(ValueError, match="keeps no positions"):
         explorer_data(small_circuit(), tokens=["a"])
     capped = explorer_data(small_circuit(), max_nodes=2)
@@ -131,179 +130,80 @@ def test_explore_cli(tmp_path, capsys):
     assert "keeps no positions" in capsys.readouterr().err
 
 
+def test_supernodes_are_checked_and_carried(tmp_path, capsys):
+    circuit = small_circuit()
+    groups = [{"name": "early", "members": ["embed/3", "attn_0/5"]}]
+    data = explorer_data(circuit, supernodes=groups)
+    assert data["supernodes"] == groups
+    with pytest.raises(ValueError, match=r"not nodes of this circuit: \['mlp_9/1'\]"):
+        explorer_data(circuit, supernodes=[{"name": "x", "members": ["mlp_9/1"]}])
+    with pytest.raises(ValueError, match="is in supernodes 'a' and 'b'"):
+        explorer_data(
+            circuit,
+            supernodes=[
+                {"name": "a", "members": ["embed/3"]},
+                {"name": "b", "members": ["embed/3"]},
+            ],
+        )
+    saved = tmp_path / "supernodes.json"
+    saved.write_text(json.dumps({"format": "circuits.supernodes", "supernodes": groups}))
+    assert read_supernodes(saved) == groups
+    for bad in ("{", "[]", '{"format": "circuits.supernodes", "supernodes": [{"name": 1}]}'):
+        saved.write_text(bad)
+        with pytest.raises(ValueError, match="supernodes"):
+            read_supernodes(saved)
+    path = circuit.save(tmp_path / "c.json")
+    out = tmp_path / "c.html"
+    assert main(["explore", str(path), "-o", str(out), "--supernodes", str(saved)]) == 2
+    assert "save supernodes" in capsys.readouterr().err and not out.exists()
+    saved.write_text(json.dumps({"format": "circuits.supernodes", "supernodes": groups}))
+    assert main(["explore", str(path), "-o", str(out), "--supernodes", str(saved)]) == 0
+    assert payload(out.read_text(encoding="utf-8"))["supernodes"] == groups
+
+
 # ------------------------------------------------------------------------------------------------
 # In a browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def png_colours(data: bytes) -> set[tuple[int, ...]]:
-    """The distinct pixel values of an 8-bit, non-interlaced PNG (a small decoder)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat = 8, b""
-    while pos < len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR":
-            width, height = int.from_bytes(body[:4], "big"), int.from_bytes(body[4:8], "big")
-            depth, colour, interlace = body[8], body[9], body[12]
-        elif kind == b"IDAT":
-            idat += body
-    assert depth == 8 and interlace == 0
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
-    raw, stride = zlib.decompress(idat), width * channels
-    previous, colours, i = bytearray(stride), set(), 0
-    for _ in range(height):
-        kind, line = raw[i], bytearray(raw[i + 1 : i + 1 + stride])
-        i += 1 + stride
-        for x in range(stride):
-            a = line[x - channels] if x >= channels else 0
-            b = previous[x]
-            c = previous[x - channels] if x >= channels else 0
-            if kind == 1:
-                line[x] = (line[x] + a) & 255
-            elif kind == 2:
-                line[x] = (line[x] + b) & 255
-            elif kind == 3:
-                line[x] = (line[x] + (a + b) // 2) & 255
-            elif kind == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
-                line[x] = (line[x] + pred) & 255
-        colours.update(bytes(line[x : x + channels]) for x in range(0, stride, channels))
-        previous = line
-    return {tuple(colour) for colour in colours}
-
-
-class Page:
-    """One Chromium tab driven over the DevTools protocol."""
-
-    def __init__(self, url: str):
-        import websocket
-
-        self.ws = websocket.create_connection(url, timeout=20, suppress_origin=True)
-        self.calls = 0
-        self.events: list[dict] = []
-
-    def call(self, method: str, **params):
-        self.calls += 1
-        self.ws.send(json.dumps({"id": self.calls, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv())
-            if message.get("id") == self.calls:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message["result"]
-            self.events.append(message)
-
-    def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, seconds: float = 15.0):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.evaluate(expression):
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"waited {seconds} s for {expression}")
-
-    def errors(self) -> list[str]:
-        found = []
-        for event in self.events:
-            method, params = event.get("method"), event.get("params", {})
-            if method == "Runtime.exceptionThrown":
-                found.append(json.dumps(params["exceptionDetails"])[:500])
-            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                found.append(json.dumps(params.get("args"))[:500])
-            elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
-                found.append(params["entry"].get("text", ""))
-        return found
-
-    def open(self, url: str):
-        self.events.clear()
-        self.call("Page.navigate", url=url)
-        self.wait_for("document.body && document.body.dataset.ready === 'true'")
-
-    def click(self, selector: str):
-        box = self.evaluate(
-            f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
-            ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
-        )
-        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.call(
-                "Input.dispatchMouseEvent",
-                type=kind,
-                x=box[0],
-                y=box[1],
-                button="left",
-                clickCount=1,
-            )
-
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
-    pytest.importorskip("websocket", reason="websocket-client is not installed")
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    process = subprocess.Popen(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-port=0",
-            "about:blank",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(line) for line in process.stderr], daemon=True
-    ).start()
+def browser():
     try:
-        deadline, endpoint = time.monotonic() + 30, None
-        while endpoint is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                continue
-            match = re.search(r"DevTools listening on ws://([^/]+)/", line)
-            endpoint = match and match[1]
-        if endpoint is None:
-            pytest.skip("chromium started but did not open its DevTools port")
-        with urllib.request.urlopen(f"http://{endpoint}/json/list", timeout=10) as reply:
-            targets = json.load(reply)
-        page = Page(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Log"):
-            page.call(f"{domain}.enable")
-        page.call(
-            "Emulation.setDeviceMetricsOverride",
-            width=1100,
-            height=700,
-            deviceScaleFactor=1,
-            mobile=False,
-        )
-        yield page
-        page.ws.close()
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        with chromium(1100, 700) as page:
+            yield page
+    except BrowserMissing as missing:
+        pytest.skip(str(missing))
+
+
+def state(browser) -> dict:
+    return browser.evaluate("window.explorer.state()")
+
+
+def at(browser, name: str) -> tuple[float, float]:
+    """Where node ``name`` is on the screen."""
+    point = browser.evaluate(f"window.explorer.screen({json.dumps(name)})")
+    assert point is not None, f"{name} is not drawn"
+    return point[0], point[1]
+
+
+def canvas_box(browser) -> dict:
+    return browser.evaluate(
+        "(() => { const r = document.getElementById('canvas').getBoundingClientRect();"
+        " return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"
+    )
+
+
+def set_slider(browser, element: str, value: float):
+    browser.evaluate(
+        f"(() => {{ const s = document.getElementById({json.dumps(element)}); s.value = {value};"
+        " s.dispatchEvent(new Event('input')); })()"
+    )
+
+
+def assert_fitted_and_readable(browser):
+    view, box = state(browser), canvas_box(browser)
+    assert view["fontPx"] >= 9, f"labels {view['fontPx']:.1f} px high when the page opens"
+    assert view["x"] >= -1 and view["x"] + view["width"] * view["scale"] <= box["width"] + 1
+    assert view["y"] >= -1 and view["y"] + view["height"] * view["scale"] <= box["height"] + 1
 
 
 @pytest.fixture()
@@ -317,54 +217,156 @@ def page_file(tmp_path):
     return path.as_uri()
 
 
-def test_loads_without_errors_and_draws_something(browser, page_file):
+def test_opens_fitted_readable_and_draws(browser, page_file):
     browser.open(page_file)
     assert browser.errors() == []
-    assert browser.evaluate("document.querySelectorAll('#nodes .node').length") == 6
-    assert browser.evaluate("document.querySelectorAll('#edges path').length") == 6
+    view = state(browser)
+    assert sorted(view["shown"]) == sorted(small_circuit().graph) and view["edges"] == 6
+    assert_fitted_and_readable(browser)
     assert browser.evaluate("window.__pwned === undefined")
-    shot = browser.call(
-        "Page.captureScreenshot",
-        format="png",
-        clip={"x": 0, "y": 0, "width": 1100, "height": 700, "scale": 0.1},
-    )
-    colours = png_colours(base64.b64decode(shot["data"]))
+    colours = png_colours(browser.screenshot(1100, 700, 0.1))
     assert len(colours) > 10, f"screenshot looks blank: {sorted(colours)[:5]}"
+    layout = {n["id"]: n for n in browser.evaluate("window.explorer.layout()")}
+    order = ["embed/3", "attn_0/5", "mlp_0/ε", "resid_0/7", "resid_1/2", "y"]
+    heights = [layout[name]["y"] for name in order]  # embed at the bottom, y on top
+    assert heights == sorted(heights, reverse=True) and len(set(heights)) == len(heights)
 
 
-def test_click_shows_panel_and_highlights_paths(browser, page_file):
+def test_hover_shows_the_panel_and_a_click_pins_the_paths_through_a_node(browser, page_file):
     browser.open(page_file)
-    browser.click('.node[data-name="attn_0/5"]')
+    browser.mouse("mouseMoved", *at(browser, "attn_0/5"))
     assert browser.evaluate("document.getElementById('panel-name').textContent") == "attn_0/5"
+    assert state(browser)["hovered"] == "attn_0/5"
     panel = browser.evaluate("document.getElementById('panel').textContent")
     assert "Incoming edges (1)" in panel and "embed/3" in panel and "-0.3000" in panel
-    dimmed = browser.evaluate(
-        "[...document.querySelectorAll('.node.dim')].map(n => n.dataset.name).sort()"
-    )
-    # Paths attn_0/5 -> resid_0/7 -> y and attn_0/5 -> resid_0/7 -> resid_1/2 -> y stay lit.
-    assert dimmed == ["embed/3", "mlp_0/ε"]
-    assert browser.evaluate("document.querySelectorAll('#edges path.dim').length") == 2
-    browser.click('.node[data-name="resid_0/7"]')
+    browser.click_at(*at(browser, "attn_0/5"))
+    # Through attn_0/5: its ancestor embed/3, and resid_0/7 -> resid_1/2 -> y after it.
+    assert sorted(state(browser)["through"]) == [
+        "attn_0/5",
+        "embed/3",
+        "resid_0/7",
+        "resid_1/2",
+        "y",
+    ]
+    browser.click_at(*at(browser, "mlp_0/ε"), shift=True)
+    assert sorted(state(browser)["pinned"]) == ["attn_0/5", "mlp_0/ε"]
+    assert "mlp_0/ε" in state(browser)["through"]
+    browser.click_at(*at(browser, "resid_0/7"))
+    assert state(browser)["pinned"] == ["resid_0/7"]
     assert browser.evaluate("document.querySelector('.field-annotation').textContent") == EVIL
     panel = browser.evaluate("document.getElementById('panel').textContent")
     assert "plural nouns" in panel and "Promoted tokens" in panel and '" are"' in panel
     assert browser.evaluate("document.querySelectorAll('.histogram rect').length") == 3
-    browser.click("#background")
-    assert browser.evaluate("document.querySelectorAll('.dim').length") == 0
-    assert browser.evaluate("document.getElementById('panel-name')") is None
+    box = canvas_box(browser)
+    browser.click_at(box["x"] + 5, box["y"] + box["height"] - 5)  # the background
+    assert state(browser)["pinned"] == [] and state(browser)["through"] is None
     assert browser.errors() == []
 
 
-def test_slider_filters_nodes_and_deep_link_selects(browser, page_file):
+def test_wheel_zooms_drag_pans_keys_fit(browser, page_file):
+    browser.open(page_file)
+    before = state(browser)
+    x, y = at(browser, "resid_0/7")
+    browser.mouse("mouseWheel", x, y, deltaX=0, deltaY=-300)
+    zoomed = state(browser)
+    assert zoomed["scale"] > before["scale"] * 1.3
+    assert at(browser, "resid_0/7") == pytest.approx((x, y), abs=1)  # zoomed about the pointer
+    browser.mouse("mousePressed", x, y, button="left", clickCount=1)
+    browser.mouse("mouseMoved", x + 80, y + 30, button="left")
+    browser.mouse("mouseReleased", x + 80, y + 30, button="left", clickCount=1)
+    assert at(browser, "resid_0/7") == pytest.approx((x + 80, y + 30), abs=1)
+    assert state(browser)["pinned"] == []  # a drag is not a click
+    browser.call("Input.dispatchKeyEvent", type="keyDown", key="0", text="0")
+    assert state(browser)["scale"] == pytest.approx(before["scale"])
+    assert browser.errors() == []
+
+
+def test_filters_lay_the_circuit_out_again(browser, tmp_path):
+    circuit = big_circuit(rows=6, per_row=40, fan=4)
+    browser.open(write_explorer(circuit, tmp_path / "big.html").as_uri())
+    assert_fitted_and_readable(browser)
+    opened = state(browser)
+    assert opened["kept"] < 240 and "so that labels are readable" in browser.evaluate(
+        "document.getElementById('note').textContent"
+    )
+    set_slider(browser, "node-count", 240)
+    everything = state(browser)
+    assert len(everything["shown"]) == 241 and everything["width"] > opened["width"]
+    set_slider(browser, "node-count", 12)
+    few = state(browser)
+    ranked = sorted(circuit.graph.nodes, key=lambda n: -abs(circuit.effect(n)) if n != "y" else 0)
+    assert sorted(few["shown"]) == sorted(ranked[:12] + ["y"])
+    assert few["width"] < everything["width"]
+    assert_fitted_and_readable(browser)
+    # The share filter keeps what viz.diagram.strongest_incoming keeps among the shown nodes.
+    set_slider(browser, "node-count", 240)
+    set_slider(browser, "edge-share", 50)
+    graph = nx.DiGraph((u, v, {"weight": w}) for u, v, w in circuit.graph.edges(data="weight"))
+    assert state(browser)["edges"] == len(strongest_incoming(graph, 0.5))
+    assert browser.errors() == []
+
+
+def test_supernodes_sum_their_members_and_save(browser, tmp_path):
+    circuit = small_circuit()
+    annotations = {"embed/3": "early", "attn_0/5": "early"}
+    page = write_explorer(circuit, tmp_path / "c.html", annotations=annotations)
+    browser.open(page.as_uri())
+    browser.click("#group-labels")
+    view = state(browser)
+    assert view["groups"] == [{"name": "early", "members": ["embed/3", "attn_0/5"]}]
+    assert "supernode:early" in view["shown"] and "embed/3" not in view["shown"]
+    browser.mouse("mouseMoved", *at(browser, "supernode:early"))
+    panel = browser.evaluate("document.getElementById('panel').textContent")
+    effect = circuit.effect("embed/3") + circuit.effect("attn_0/5")
+    assert f"{effect:+.4g}" in panel and "Members (2)" in panel
+    # its edge to resid_0/7 is attn_0/5's; embed/3 -> attn_0/5 is inside the supernode
+    assert "-0.3000" in panel and view["edges"] == 5
+    browser.click("#ungroup")
+    assert state(browser)["groups"] == []
+    # The user's own grouping: pin two nodes, name it, group, save, load it back in Python.
+    browser.click_at(*at(browser, "resid_0/7"))
+    browser.click_at(*at(browser, "resid_1/2"), shift=True)
+    browser.evaluate("document.getElementById('group-name').value = 'late'")
+    browser.click("#group-pinned")
+    assert state(browser)["groups"] == [{"name": "late", "members": ["resid_0/7", "resid_1/2"]}]
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+    browser.click("#save-groups")
+    saved = downloads / "supernodes.json"
+    deadline = time.monotonic() + 15
+    while not (saved.exists() and saved.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    groups = read_supernodes(saved)
+    assert groups == [{"name": "late", "members": ["resid_0/7", "resid_1/2"]}]
+    reopened = write_explorer(circuit, tmp_path / "again.html", supernodes=groups)
+    browser.open(reopened.as_uri())
+    assert "supernode:late" in state(browser)["shown"]
+    assert browser.errors() == []
+
+
+def test_search_pins_and_the_deep_link_selects(browser, page_file):
     browser.open(page_file + "#node=resid_1%2F2")
+    assert state(browser)["pinned"] == ["resid_1/2"]
     assert browser.evaluate("document.getElementById('panel-name').textContent") == "resid_1/2"
     browser.evaluate(
-        "(() => { const s = document.getElementById('node-threshold'); s.value = 500;"
-        " s.dispatchEvent(new Event('input')); })()"
+        "(() => { const s = document.getElementById('search'); s.value = 'attn';"
+        " s.dispatchEvent(new Event('input'));"
+        " s.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter'})); })()"
     )
-    hidden = browser.evaluate(
-        "[...document.querySelectorAll('.node.hidden')].map(n => n.dataset.name).sort()"
-    )
-    assert hidden == ["attn_0/5", "embed/3", "mlp_0/ε"]  # |effect| < 0.5
-    assert browser.evaluate("document.getElementById('counts').textContent").startswith("2 of 5")
+    assert state(browser)["pinned"] == ["attn_0/5"]
+    assert browser.errors() == []
+
+
+def test_two_thousand_nodes_open_readable_and_answer_a_hover(browser, tmp_path):
+    circuit = big_circuit(rows=10, per_row=200, fan=11)  # 2,000 nodes, 20,000 edges
+    assert (circuit.num_nodes, circuit.num_edges) == (2000, 20000)
+    browser.open(write_explorer(circuit, tmp_path / "big.html").as_uri())
+    assert_fitted_and_readable(browser)
+    set_slider(browser, "node-count", 2000)
+    view = state(browser)
+    assert len(view["shown"]) == 2001 and view["edges"] == 20000
+    target = view["shown"][0] if view["shown"][0] != "y" else view["shown"][1]
+    browser.mouse("mouseMoved", *at(browser, target))
+    assert state(browser)["hovered"] == target
     assert browser.errors() == []
