@@ -546,8 +546,12 @@ def _shift(args: argparse.Namespace) -> int:
             for split in ("ambiguous", "balanced")
         ),
         layer=args.layer,
+        spurious=args.spurious,
+        selection=args.selection,
         nodes=nodes,
         top=args.top,
+        share=args.share,
+        promoted_top=args.promoted_top,
         threshold=args.threshold,
         seed=args.seed,
     )
@@ -1170,13 +1174,28 @@ def build_parser() -> argparse.ArgumentParser:
         "shift",
         help="SHIFT: ablate spurious features of a probe and measure it on balanced texts",
         description="Train a profession probe on the ambiguous bios, attribute it to features, "
-        "zero-ablate the gender features (given, or chosen by the automatic rule) and print "
-        "the table of circuits.shift.",
+        "zero-ablate the gender features and print the table of circuits.shift. By default a "
+        "judge picks them from the circuit features' dashboards and the concept named by "
+        "--spurious, without reading disambiguating labels; --selection labels uses the rule "
+        "that reads the balanced texts' labels; --nodes gives them.",
         formatter_class=fmt,
     )
     _model_options(sh)
     sh.add_argument(
         "--layer", type=int, help="probe on resid_LAYER; default: the middle layer" + _NO_DEFAULT
+    )
+    sh.add_argument(
+        "--spurious",
+        default="gender: he she his her him himself herself man woman",
+        help="the spurious concept in words, 'NAME: token token ...'",
+    )
+    sh.add_argument(
+        "--selection",
+        choices=["concept-tokens", "labels"],
+        default="concept-tokens",
+        help="concept-tokens: a feature whose top contexts peak on the concept's tokens (or "
+        "that promotes them) is spurious; labels: a feature that separates gender better than "
+        "profession on balanced texts with their labels (held-out disambiguating data)",
     )
     sh.add_argument(
         "--nodes", metavar="FILE", help="feature names to ablate, one per line" + _NO_DEFAULT
@@ -1185,9 +1204,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--top",
         type=int,
         default=1000,
-        help="candidates of the automatic rule: the feature nodes of largest |effect|",
+        help="candidates: the feature nodes of largest |effect| on the probe",
     )
-    sh.add_argument("--threshold", type=float, default=0.2, help="least |2 AUC - 1| for gender")
+    sh.add_argument(
+        "--share",
+        type=float,
+        default=0.5,
+        help="concept-tokens: least share of a feature's top contexts peaking on a concept token",
+    )
+    sh.add_argument(
+        "--promoted-top",
+        type=int,
+        default=0,
+        metavar="N",
+        help="concept-tokens: also select a feature that promotes a concept token among its N "
+        "most promoted tokens (0: peaks only)",
+    )
+    sh.add_argument(
+        "--threshold", type=float, default=0.2, help="labels: least |2 AUC - 1| for gender"
+    )
     sh.add_argument(
         "--texts",
         default="bios",

@@ -16,15 +16,19 @@ Steps, in the order the code follows:
    counterfactual (delta = -clean), by attribution patching (AtP: one forward + one backward per
    batch, gradients passed straight through the dictionaries as in `attribution.splice`), summed
    over positions and averaged over texts (aggregation "sum").
-3. **Selection** of the spurious features: a file of node names, or the automatic rule: among the
-   ``top`` feature nodes by |effect| (error nodes are never selected; they are kept), select a
-   feature when its text-level activation (mean over real tokens) separates the attribute groups
-   by at least ``threshold`` and separates them better than it separates the label groups.
-   Separation is ``|2 * AUC - 1|`` (0: no information, 1: perfect ranking), measured on the
-   *selection half* of the balanced texts, where label and attribute are independent. AUC is
-   rank-based, so it ignores a feature's scale and does not need a decision threshold; requiring
-   attribute separation above label separation keeps features that carry the label itself
-   (a feature that fires for "nurse" and for "she" alike separates both, and is kept).
+3. **Selection** of the spurious features among the probe's circuit, the ``top`` feature nodes
+   by |effect| (error nodes are never selected; they are kept). By default without
+   disambiguating data: the user names the spurious concept in words (``spurious="gender: he she
+   his her"``) and the concept-token judge (`circuits.concepts`) reads each candidate's
+   dashboard over ambiguous training texts (their words, no label) and selects the features
+   whose top-activating contexts mostly peak on the concept's tokens. No balanced text is read
+   before the selection is made. Or ``selection="labels"``, the rule that reads held-out
+   disambiguating labels: select a feature when its text-level activation (mean over real
+   tokens) separates the attribute groups by at least ``threshold`` and better than it
+   separates the label groups, separation being ``|2 * AUC - 1|`` (0: no information, 1: a
+   perfect ranking) on the *selection half* of the balanced texts, where label and attribute
+   are independent (a feature that fires for "nurse" and for "she" alike separates both, and is
+   kept). Or a file of node names.
 4. **Ablate** the selected features (zero-ablation at every position, error terms kept, through
    `circuits.edit.edited`) and evaluate the same probe; then retrain the probe on the ambiguous
    train part with the ablation active.
@@ -34,12 +38,16 @@ Steps, in the order the code follows:
    mapped to the label value it always comes with in the ambiguous texts (e.g. male -> professor);
    0.5 means the probe's output no longer tracks the attribute. Worst-group accuracy is the lowest
    label accuracy over the (label, attribute) groups. Rows: Original; Random (as many random
-   features of the same submodules, seeded); SHIFT; SHIFT + retrain; Feature skyline (the same
-   number of features, from all features of those submodules, that best separate the attribute on
-   the balanced selection half, by the same ``|2 * AUC - 1|``); Neuron skyline (the same with
+   features of the same submodules, seeded) and Random (circuit) (as many of the ``top``
+   candidates); SHIFT; SHIFT + retrain; with a named concept, two controls: Embed features
+   (judge) (as many ``embed`` features chosen by the same judge, and retrained) and Concept tokens
+   deleted (the concept's words deleted from every text, nothing ablated; the probe as trained,
+   and retrained on the ambiguous texts with the words deleted); Feature skyline (the same
+   number of features, from all features of those submodules, that best separate the attribute
+   on the balanced selection half, by the same ``|2 * AUC - 1|``); Neuron skyline (the same with
    neurons); Oracle (a probe trained on the balanced selection half, nothing ablated).
 
-The balanced texts are split once (seeded) into the selection half (used by the automatic rule,
+The balanced texts are split once (seeded) into the selection half (used by the label rule,
 the skylines and the oracle) and the evaluation half (used for every number in the table), so no
 reported number is measured on texts that chose the ablation.
 """
@@ -50,12 +58,13 @@ import contextlib
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from attribution.splice import Values, contract, gradients, run_spliced
+from circuits.concepts import Concept, Verdict, delete_concept_tokens, judge_concept_tokens
 from circuits.dictionaries import Dictionary
 from circuits.dictionaries.base import Identity
 from circuits.edit import Ablate, edited
@@ -466,11 +475,14 @@ class ShiftReport:
     """What `shift` returns.
 
     Attributes:
-        rows: Original, Random, SHIFT, SHIFT + retrain, Feature skyline, Neuron skyline, Oracle.
+        rows: Original, Random, Random (circuit), SHIFT, SHIFT + retrain, the concept controls
+            (Embed features (judge) and + retrain, Concept tokens deleted and + retrain), Feature
+            skyline, Neuron skyline, Oracle.
         selected: The ablated feature nodes.
-        candidates: The automatic rule's candidates (empty for a given selection).
+        candidates: The label rule's candidates (empty unless ``selection="labels"``).
         settings: Layer, label/attribute names and values, seed, sizes, method.
         ambiguous_test_accuracy: The original probe's label accuracy on the ambiguous test part.
+        verdicts: The concept-token judge's verdicts on the candidates (empty otherwise).
     """
 
     rows: list[Row]
@@ -478,6 +490,7 @@ class ShiftReport:
     candidates: list[Candidate] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     ambiguous_test_accuracy: float = float("nan")
+    verdicts: list[Verdict] = field(default_factory=list)
 
     def row(self, name: str) -> Row:
         """The row called ``name`` (StopIteration if there is none)."""
@@ -506,6 +519,7 @@ class ShiftReport:
             "ambiguous_test_accuracy": self.ambiguous_test_accuracy,
             "selected": self.selected,
             "candidates": [vars(c) for c in self.candidates],
+            "verdicts": [vars(v) for v in self.verdicts],
             "rows": [vars(r) for r in self.rows],
         }
 
@@ -523,6 +537,33 @@ def _ablated(model: Model, dictionaries: Mapping[str, Dictionary], nodes: Sequen
         yield
 
 
+def _with_texts(texts: Sequence[LabelledText], new: Sequence[str]) -> list[LabelledText]:
+    return [LabelledText(t, dict(old.labels)) for old, t in zip(texts, new, strict=True)]
+
+
+def _judged(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    nodes: Sequence[str],
+    concept: Concept,
+    texts: Sequence[LabelledText],
+    *,
+    share: float,
+    promoted_top: int,
+    batch_size: int,
+) -> list[Verdict]:
+    """The concept-token judge's verdicts on ``nodes`` from their dashboards over ``texts``
+    (their words only: no label is read)."""
+    if not nodes:
+        return []
+    from viz.dashboard import dashboards
+
+    boards = dashboards(
+        model, dictionaries, list(nodes), [t.text for t in texts], batch_size=batch_size
+    )
+    return judge_concept_tokens(boards, concept, share=share, promoted_top=promoted_top)
+
+
 def shift(
     model: Model,
     dictionaries: Mapping[str, Dictionary],
@@ -532,8 +573,13 @@ def shift(
     layer: int | None = None,
     label: str = "profession",
     attribute: str = "gender",
+    spurious: str | Concept | None = None,
+    selection: Literal["concept-tokens", "labels"] = "concept-tokens",
     nodes: Sequence[str] | None = None,
     top: int = 1000,
+    share: float = 0.5,
+    promoted_top: int = 0,
+    n_dashboard: int = 512,
     threshold: float = 0.2,
     l2: float = 1e-3,
     train_fraction: float = 0.8,
@@ -550,20 +596,39 @@ def shift(
         balanced: Texts with all four groups (selection half + evaluation half).
         layer: The probe reads ``resid_{layer}``; None: ``n_layers // 2``.
         label, attribute: Label keys of the texts.
-        nodes: Feature nodes to ablate; None: the automatic rule.
-        top: Candidates of the automatic rule (feature nodes by |effect|); the default suits
-            wide circuits such as the zoo's (docs/shift.md measures 50, 200 and 1,000).
-        threshold: Least attribute separation ``|2 AUC - 1|`` of a selected feature.
+        spurious: The spurious concept in words, ``"gender: he she his her"`` (`Concept.parse`):
+            what the concept-token judge looks for, and the tokens the deletion control deletes.
+        selection: ``"concept-tokens"`` (the judge reads the candidates' dashboards over
+            ambiguous training texts; no balanced text is read before the evaluation) or
+            ``"labels"`` (the rule that reads the balanced selection half's attribute and label
+            labels: held-out disambiguating data). Ignored when ``nodes`` are given.
+        nodes: Feature nodes to ablate, chosen by the user.
+        top: Candidates: the feature nodes of largest |effect| (the probe's circuit).
+        share: The judge's least share of top contexts peaking on a concept token.
+        promoted_top: The judge also calls a feature spurious when a concept token is among its
+            this many most promoted tokens (0, the default: peaks only; read through the
+            unembedding, an early feature's promoted tokens say little about it).
+        n_dashboard: Ambiguous training texts the dashboards are computed on.
+        threshold: Least attribute separation ``|2 AUC - 1|`` of the ``"labels"`` rule.
         l2: Probe L2 penalty.
         train_fraction: Ambiguous texts used to train (the rest measure the probe).
         n_attribution: Ambiguous training texts used for the node effects.
         batch_size: Texts per forward.
-        seed: Seeds every split and the random ablation.
+        seed: Seeds every split and the random ablations.
 
     Raises:
-        ValueError: for an unknown layer, labels that do not pair up, unknown or malformed node
-            names, or an empty selection.
+        ValueError: for an unknown layer or selection, labels that do not pair up, unknown or
+            malformed node names, an empty selection, or the concept-token judge without a
+            concept.
     """
+    if selection not in ("concept-tokens", "labels"):
+        raise ValueError(f"selection must be 'concept-tokens' or 'labels', got {selection!r}")
+    concept = Concept.parse(spurious) if isinstance(spurious, str) else spurious
+    if nodes is None and selection == "concept-tokens" and concept is None:
+        raise ValueError(
+            "the concept-token judge needs the spurious concept in words: "
+            "spurious='gender: he she his her' (--spurious), or selection='labels', or nodes"
+        )
     layer = model.n_layers // 2 if layer is None else layer
     readout = f"resid_{layer}"
     model.submodule(readout)  # raises for an unknown layer
@@ -578,30 +643,38 @@ def shift(
     def labels_of(texts: Sequence[LabelledText]) -> tuple[Tensor, Tensor]:
         return _binary(texts, label, label_classes), _binary(texts, attribute, attribute_classes)
 
-    train, test = split_texts(ambiguous, train_fraction, seed)
-    select_half, eval_half = split_texts(balanced, 0.5, seed)
-    y_train, _ = labels_of(train)
-    y_test, _ = labels_of(test)
-    sel_label, sel_attr = labels_of(select_half)
-    ev_label, ev_attr = labels_of(eval_half)
-
     def pooled(texts: Sequence[LabelledText]) -> Tensor:
         return pooled_activations(model, texts, layer, batch_size=batch_size).double()
 
-    # 1. Probe.
+    train, test = split_texts(ambiguous, train_fraction, seed)
+    y_train, _ = labels_of(train)
+    y_test, _ = labels_of(test)
+
+    # 1. Probe, on the ambiguous texts.
     probe = train_probe(pooled(train), y_train, l2=l2)
-    x_eval = pooled(eval_half)
     ambiguous_test = float((probe.predict(pooled(test)) == y_test.long()).double().mean())
 
-    # 2-3. Circuit and selection.
+    # 2. The probe's circuit: candidates by |effect|.
+    effects = probe_effects(
+        model, dictionaries, train[:n_attribution], probe, layer, batch_size=batch_size
+    )
+    ranked = sorted((n for n in effects if parse_node_name(n).index is not None),
+                    key=lambda n: -abs(effects[n]))  # fmt: skip
+    circuit = ranked[:top]
+
+    # 3. Selection. The judge reads dashboards over ambiguous training texts only.
     candidates: list[Candidate] = []
+    verdicts: list[Verdict] = []
+    judge = dict(share=share, promoted_top=promoted_top, batch_size=batch_size)
+    if nodes is None and selection == "concept-tokens":
+        verdicts = _judged(model, dictionaries, circuit, concept, train[:n_dashboard], **judge)
+        nodes = [v.node for v in verdicts if v.about]
+    select_half, eval_half = split_texts(balanced, 0.5, seed)
+    sel_label, sel_attr = labels_of(select_half)
     sel_features = pooled_features(
         model, dictionaries, select_half, attributed, batch_size=batch_size
     )
-    if nodes is None:
-        effects = probe_effects(
-            model, dictionaries, train[:n_attribution], probe, layer, batch_size=batch_size
-        )
+    if nodes is None:  # the rule that reads held-out disambiguating labels
         nodes, candidates = select_spurious(
             effects, sel_features, sel_label, sel_attr, top=top, threshold=threshold
         )
@@ -609,35 +682,63 @@ def shift(
     k = len(nodes)
 
     # 4. Ablate, evaluate, retrain.
-    def ablated_rows(name: str, dicts: Mapping[str, Dictionary], chosen: list[str]) -> Row:
+    ev_label, ev_attr = labels_of(eval_half)
+    x_eval = pooled(eval_half)
+
+    def rows_for(name: str, dicts: Mapping[str, Dictionary], chosen: list[str], retrain: bool):
         with _ablated(model, dicts, chosen):
-            return evaluate(name, probe, pooled(eval_half), ev_label, ev_attr, len(chosen))
+            out = [evaluate(name, probe, pooled(eval_half), ev_label, ev_attr, len(chosen))]
+            if retrain:
+                again = train_probe(pooled(train), y_train, l2=l2)
+                x = pooled(eval_half)
+                out.append(evaluate(name + " + retrain", again, x, ev_label, ev_attr, len(chosen)))
+        return out
 
     rng = random.Random(seed)
     everything = [(n, i) for n in attributed for i in range(dictionaries[n].width)]
     random_nodes = [node_name(n, i) for n, i in rng.sample(everything, k)]
-    with _ablated(model, dictionaries, nodes):
-        shift_row = evaluate("SHIFT", probe, pooled(eval_half), ev_label, ev_attr, k)
-        retrained = train_probe(pooled(train), y_train, l2=l2)
-        retrain_row = evaluate(
-            "SHIFT + retrain", retrained, pooled(eval_half), ev_label, ev_attr, k
-        )
+    random_circuit = rng.sample(circuit, min(k, len(circuit)))
+    rows = [
+        evaluate("Original", probe, x_eval, ev_label, ev_attr),
+        *rows_for("Random", dictionaries, random_nodes, False),
+        *rows_for("Random (circuit)", dictionaries, random_circuit, False),
+        *rows_for("SHIFT", dictionaries, nodes, True),
+    ]
 
-    # 5. Skylines and oracle.
+    # Controls that need the concept: embed features chosen by the judge, tokens deleted.
+    embed_nodes: list[str] = []
+    if concept is not None and "embed" in attributed:
+        embed_ranked = [n for n in ranked if parse_node_name(n).submodule == "embed"]
+        embed_verdicts = _judged(
+            model, dictionaries, embed_ranked, concept, train[:n_dashboard], **judge
+        )
+        embed_nodes = [v.node for v in embed_verdicts if v.about][:k]
+        if embed_nodes:
+            rows += rows_for("Embed features (judge)", dictionaries, embed_nodes, True)
+    if concept is not None:
+        deleted_train = _with_texts(train, delete_concept_tokens([t.text for t in train], concept))
+        deleted_eval = _with_texts(
+            eval_half, delete_concept_tokens([t.text for t in eval_half], concept)
+        )
+        x_deleted = pooled(deleted_eval)
+        again = train_probe(pooled(deleted_train), y_train, l2=l2)
+        rows += [
+            evaluate("Concept tokens deleted", probe, x_deleted, ev_label, ev_attr),
+            evaluate("Concept tokens deleted + retrain", again, x_deleted, ev_label, ev_attr),
+        ]
+
+    # 5. Skylines and oracle (they read the balanced selection half's labels).
     skyline = _best_separating(sel_features, sel_attr, k)
     neurons = {n: Identity(model.submodule(n).width) for n in attributed}
     neuron_acts = pooled_features(model, neurons, select_half, attributed, batch_size=batch_size)
     neuron_skyline = _best_separating(neuron_acts, sel_attr, k)
     oracle = train_probe(pooled(select_half), sel_label, l2=l2)
-    rows = [
-        evaluate("Original", probe, x_eval, ev_label, ev_attr),
-        ablated_rows("Random", dictionaries, random_nodes),
-        shift_row,
-        retrain_row,
-        ablated_rows("Feature skyline", dictionaries, skyline),
-        ablated_rows("Neuron skyline", neurons, neuron_skyline),
+    rows += [
+        *rows_for("Feature skyline", dictionaries, skyline, False),
+        *rows_for("Neuron skyline", neurons, neuron_skyline, False),
         evaluate("Oracle", oracle, x_eval, ev_label, ev_attr),
     ]
+    given = verdicts == [] and candidates == []
     settings = {
         "layer": layer,
         "readout": readout,
@@ -645,8 +746,11 @@ def shift(
         "label_classes": list(label_classes),
         "attribute": attribute,
         "attribute_classes": list(attribute_classes),
-        "selection": "given" if not candidates else "automatic",
+        "selection": "given" if given else selection,
+        "spurious": None if concept is None else {"name": concept.name, "tokens": concept.tokens},
         "top": top,
+        "share": share,
+        "promoted_top": promoted_top,
         "threshold": threshold,
         "l2": l2,
         "seed": seed,
@@ -655,9 +759,11 @@ def shift(
         "n_train": len(train),
         "n_test": len(test),
         "n_attribution": min(n_attribution, len(train)),
+        "n_dashboard": min(n_dashboard, len(train)),
         "n_select": len(select_half),
         "n_eval": len(eval_half),
+        "embed_nodes": embed_nodes,
         "feature_skyline": skyline,
         "neuron_skyline": neuron_skyline,
     }
-    return ShiftReport(rows, nodes, candidates, settings, ambiguous_test)
+    return ShiftReport(rows, nodes, candidates, settings, ambiguous_test, verdicts)

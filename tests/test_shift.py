@@ -64,6 +64,24 @@ def world(tmp_path_factory):
     return model, neurons
 
 
+class WatchedLabels(dict):
+    """Labels that note when they are first read."""
+
+    read: list[str] = []
+
+    def __getitem__(self, key):
+        WatchedLabels.read.append(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        WatchedLabels.read.append(key)
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        WatchedLabels.read.append(key)
+        return super().__contains__(key)
+
+
 @pytest.fixture(scope="module")
 def report(world):
     model, neurons = world
@@ -72,19 +90,85 @@ def report(world):
         neurons,
         texts(240, balanced=False, seed=0),
         texts(240, balanced=True, seed=1),
+        spurious="animal: cat dog",
         top=10,
         seed=0,
     )
 
 
-def test_selection_picks_the_spurious_coordinate(report):
-    assert "embed/0" in report.selected
-    assert "embed/1" not in report.selected
-    for c in report.candidates:
+@pytest.fixture(scope="module")
+def labels_report(world):
+    model, neurons = world
+    return shift(
+        model,
+        neurons,
+        texts(240, balanced=False, seed=0),
+        texts(240, balanced=True, seed=1),
+        selection="labels",
+        top=10,
+        seed=0,
+    )
+
+
+def test_the_judge_picks_the_spurious_coordinate_from_dashboards(report):
+    # Coordinate 0 carries the animal from the embedding up the residual stream; its neurons'
+    # top contexts peak on "cat". Coordinate 1 (the profession) is left alone.
+    assert "embed/0" in report.selected and "resid_0/0" in report.selected
+    assert all(node.endswith("/0") for node in report.selected)
+    verdicts = {v.node: v for v in report.verdicts}
+    assert verdicts["embed/0"].peak_share == 1.0
+    assert all(v.about == (v.node in report.selected) for v in report.verdicts)
+    assert not any(v.about for v in report.verdicts if v.node.endswith("/1"))
+    assert report.settings["selection"] == "concept-tokens"
+    assert report.settings["spurious"] == {"name": "animal", "tokens": ("cat", "dog")}
+
+
+def test_the_label_free_selection_reads_no_balanced_label_before_it_is_made(world, monkeypatch):
+    import circuits.shift as shift_module
+
+    model, neurons = world
+    balanced = [
+        LabelledText(t.text, WatchedLabels(t.labels)) for t in texts(40, balanced=True, seed=1)
+    ]
+    seen_at_selection = []
+    judged = shift_module._judged
+
+    def watching(*args, **kwargs):
+        seen_at_selection.append(list(WatchedLabels.read))
+        return judged(*args, **kwargs)
+
+    WatchedLabels.read = []
+    monkeypatch.setattr(shift_module, "_judged", watching)
+    got = shift(
+        model, neurons, texts(40, balanced=False, seed=0), balanced, spurious="animal: cat dog",
+        top=10,
+    )  # fmt: skip
+    assert seen_at_selection[0] == [] and WatchedLabels.read  # read later, to evaluate
+    assert "embed/0" in got.selected
+
+
+def test_the_label_rule_picks_the_spurious_coordinate(labels_report):
+    assert "embed/0" in labels_report.selected
+    assert "embed/1" not in labels_report.selected
+    for c in labels_report.candidates:
         assert c.selected == (
             c.attribute_separation >= 0.2 and c.attribute_separation > c.label_separation
         )
-    assert report.settings["feature_skyline"][0].endswith("/0")
+    assert labels_report.settings["feature_skyline"][0].endswith("/0")
+
+
+def test_the_controls(report):
+    names = [r.name for r in report.rows]
+    assert names == [
+        "Original", "Random", "Random (circuit)", "SHIFT", "SHIFT + retrain",
+        "Embed features (judge)", "Embed features (judge) + retrain", "Concept tokens deleted",
+        "Concept tokens deleted + retrain", "Feature skyline", "Neuron skyline", "Oracle",
+    ]  # fmt: skip
+    # Here the concept lives in one embedding coordinate, so ablating it at embed is SHIFT,
+    # and deleting the words "cat" and "dog" removes it from the input altogether.
+    assert report.settings["embed_nodes"] == ["embed/0"]
+    deleted = report.row("Concept tokens deleted + retrain")
+    assert deleted.worst_group_accuracy > 0.9 and abs(deleted.attribute_accuracy - 0.5) < 0.1
 
 
 def test_ablating_it_removes_the_attribute_exactly(world):
@@ -191,11 +275,17 @@ def test_empty_automatic_selection_and_bad_layer(world):
     model, neurons = world
     amb, bal = texts(40, balanced=False, seed=0), texts(40, balanced=True, seed=1)
     with pytest.raises(ValueError, match="selection is empty"):
-        shift(model, neurons, amb, bal, threshold=1.01, top=3)
+        shift(model, neurons, amb, bal, selection="labels", threshold=1.01, top=3)
+    with pytest.raises(ValueError, match="selection is empty"):
+        shift(model, neurons, amb, bal, spurious="nothing: zebra", top=3)
+    with pytest.raises(ValueError, match="spurious concept in words"):
+        shift(model, neurons, amb, bal)
+    with pytest.raises(ValueError, match="selection must be"):
+        shift(model, neurons, amb, bal, selection="oracle")
     with pytest.raises(ValueError):
-        shift(model, neurons, amb, bal, layer=7)
+        shift(model, neurons, amb, bal, selection="labels", layer=7)
     with pytest.raises(ValueError, match="determine"):
-        shift(model, neurons, bal, bal)
+        shift(model, neurons, bal, bal, selection="labels")
 
 
 def test_effects_at_the_readout_are_exact(world):
@@ -229,7 +319,8 @@ def test_cli_json(tiny_model_dir, tmp_path, capsys):
     argv += ["--texts", str(tmp_path), "--nodes", str(tmp_path / "nodes.txt"), "--json"]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["selected"] == ["embed/3", "resid_0/5"] and len(out["rows"]) == 7
+    assert out["selected"] == ["embed/3", "resid_0/5"] and out["settings"]["selection"] == "given"
+    assert "Concept tokens deleted" in [row["name"] for row in out["rows"]]
     (tmp_path / "nodes.txt").write_text("embed/9999\n")
     assert main(argv) == 2
     assert "index beyond" in capsys.readouterr().err
