@@ -118,6 +118,7 @@ from circuits.dictionaries import (
     ReLU,
     TopK,
 )
+from circuits.distributed import all_sum, shard
 from circuits.graph import OUTPUT, node_name, parse_node_name
 from circuits.metrics import METRICS, BatchInfo, Metric, get_metric
 from circuits.models import Model
@@ -927,7 +928,7 @@ def edge_effects(
     sums: dict[tuple[str, str], Tensor] = {}  # {(up, down): [n_down, n_up]}
     into_y: dict[str, Tensor] = {}  # {up: [n_up]}
     count, no_double_backward = 0, set()
-    for batch in tqdm(batches, desc="edge effects", disable=not progress):
+    for _, batch in tqdm(shard(batches), desc="edge effects", disable=not progress):
         found = _batch_edges(
             model,
             dictionaries,
@@ -949,6 +950,13 @@ def edge_effects(
         for key, block in found.output.items():
             into_y[key] = into_y[key] + block if key in into_y else block
         count += len(batch)
+    keys, ys = sorted(sums), sorted(into_y)
+    *blocks, total = all_sum(
+        [*(sums[k] for k in keys), *(into_y[k] for k in ys), torch.tensor(float(count))]
+    )
+    sums = dict(zip(keys, blocks[: len(keys)], strict=True))
+    into_y = dict(zip(ys, blocks[len(keys) :], strict=True))
+    count = int(total.item())
 
     # Names out.
     out: dict[tuple[str, str], float] = {}

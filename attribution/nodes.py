@@ -29,6 +29,7 @@ from attribution.exact import exact_effects, exact_run_count, runs_error
 from attribution.ig import ig_effects, ig_joint_effects
 from attribution.splice import check_submodules
 from circuits.dictionaries import Dictionary
+from circuits.distributed import all_sum, shard
 from circuits.metrics import BatchInfo, Metric, get_metric
 from circuits.models import Model
 
@@ -145,7 +146,7 @@ def node_effects(
     feature_sums: dict[str, torch.Tensor] = {}
     error_sums: dict[str, torch.Tensor] = {}
     clean_sum, patch_sum, count = 0.0, 0.0, 0
-    for batch in tqdm(batches, desc=f"{method} node effects", disable=not progress):
+    for _, batch in tqdm(shard(batches), desc=f"{method} node effects", disable=not progress):
         effects = run(model, dictionaries, batch, metric=checked, submodules=names)
         for name in names:
             f, e = effects.features[name], effects.errors[name]  # [b, pos, width], [b, pos]
@@ -158,6 +159,11 @@ def node_effects(
         if effects.metric_patch is not None:
             patch_sum += float(effects.metric_patch.double().sum())
         count += len(batch)
+    totals = torch.tensor([clean_sum, patch_sum, count], dtype=torch.float64)
+    *summed, totals = all_sum([*feature_sums.values(), *error_sums.values(), totals])
+    feature_sums = dict(zip(names, summed[: len(names)], strict=True))
+    error_sums = dict(zip(names, summed[len(names) :], strict=True))
+    clean_sum, patch_sum, count = totals[0].item(), totals[1].item(), int(totals[2].item())
 
     return NodeEffects(
         effects={

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from attribution.splice import Values, check_submodules, run_spliced, take_batch
 from circuits.dictionaries import Dictionary
+from circuits.distributed import all_sum, shard
 from circuits.graph import OUTPUT, parse_node_name
 from circuits.models import Batch, Model
 
@@ -377,7 +378,7 @@ def ablation_values(
     n_pos = max(b.input_ids.shape[1] for b in batches) if positional else 1
     sums: dict[str, list[Tensor]] = {}  # float64 [pos, width] and [pos, d_model]; pos 1 for mean
     counts = torch.zeros(n_pos, dtype=torch.float64)  # real tokens per position (or in all)
-    for batch in batches:
+    for _, batch in shard(batches):
         run = run_spliced(model, dictionaries, batch, split=subs)
         mask = batch.attention_mask.to(torch.float64).cpu()  # [batch, pos]
         width = batch.input_ids.shape[1] if positional else 1
@@ -394,6 +395,9 @@ def ablation_values(
                 ]
             for total, part in zip(sums[name], parts, strict=True):
                 total[:width] += part
+    names = list(sums)
+    counts, *totals = all_sum([counts, *(t for name in names for t in sums[name])])
+    sums = {name: totals[2 * i : 2 * i + 2] for i, name in enumerate(names)}
     if counts.sum() == 0:
         raise ValueError(f"{how} ablation: the reference inputs hold no real tokens")
     values = {}

@@ -7,6 +7,7 @@ Heavy imports (torch, nnsight) happen inside the subcommands so that ``circuits 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -64,6 +65,7 @@ _ABLATIONS = ["position-mean", "mean", "zero", "resample"]  # circuits.ablation'
 # Ends a help text whose option has no default worth showing: it prints nothing, and stops
 # ArgumentDefaultsHelpFormatter from appending "(default: None)".
 _NO_DEFAULT = "%(default).0s"
+DISTRIBUTED = ("discover", "evaluate")  # commands that split their pairs across torchrun ranks
 
 
 _IG_NOTE_SUBMODULES = 30
@@ -1333,10 +1335,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from circuits import distributed
+
+    if distributed.init():
+        if args.command not in DISTRIBUTED:
+            print(
+                f"circuits: error: `circuits {args.command}` does not run distributed; only "
+                f"{' and '.join(DISTRIBUTED)} do. Start it without torchrun",
+                file=sys.stderr,
+            )
+            return 2
+        if distributed.rank() != 0:  # rank 0 prints and writes
+            args.no_progress = True
     restore = _apply_process_options(args)
+    quiet = open(os.devnull, "w") if distributed.rank() != 0 else None  # noqa: SIM115
     try:
-        _check_outputs(args)
-        return args.run(args)
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            _check_outputs(args)
+            return args.run(args)
     except (ValueError, OSError) as exc:  # the library's errors say what to do
         print(f"circuits: error: {exc}", file=sys.stderr)
         return 2
@@ -1345,6 +1361,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         restore()
+        if quiet:
+            quiet.close()
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

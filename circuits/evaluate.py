@@ -69,6 +69,7 @@ from circuits.ablation import (
     run_ablated,
 )
 from circuits.dictionaries import Dictionary
+from circuits.distributed import all_sum, shard
 from circuits.graph import OUTPUT, Circuit, parse_node_name
 from circuits.metrics import BatchInfo, Metric, get_metric
 from circuits.models import Model
@@ -322,17 +323,17 @@ class Evaluator:
         )
 
         # m(M): nothing ablated. Its logits also serve as BatchInfo.clean_logits (kl_to_clean).
-        self.infos: list[BatchInfo] = []
+        self.infos: dict[int, BatchInfo] = {}  # this process's batches, by index
         full = []
         everything = keep_all(dictionaries, self.submodules)
-        for index, batch in enumerate(self.batches):
+        for index, batch in shard(self.batches):
             logits = run_ablated(
                 model, dictionaries, batch.clean, everything, self.values, key=index
             )
             info = batch.info.with_clean_logits(logits)
-            self.infos.append(info)
+            self.infos[index] = info
             full.append(self.metric(logits, info))
-        self.metric_full = float(torch.cat(full).double().mean())
+        self.metric_full = _mean(full)
         self.metric_empty = self.mean_metric(keep_none(dictionaries, self.submodules))
         if math.isclose(self.metric_full, self.metric_empty, rel_tol=1e-6, abs_tol=1e-9):
             raise FaithfulnessUndefinedError(
@@ -350,12 +351,13 @@ class Evaluator:
     def mean_metric(self, keep: Mapping[str, Keep]) -> float:
         """``m(S)``: the metric averaged over every example, nodes not kept ablated."""
         values = []
-        for index, (batch, info) in enumerate(zip(self.batches, self.infos, strict=True)):
+        for index, info in self.infos.items():
+            batch = self.batches[index]
             logits = run_ablated(
                 self.model, self.dictionaries, batch.clean, keep, self.values, key=index
             )
             values.append(self.metric(logits, info))
-        return float(torch.cat(values).double().mean())
+        return _mean(values)
 
     def keep(self, circuit: Circuit | Iterable[str]) -> dict[str, Keep]:
         """The circuit's masks over the evaluated submodules (nodes elsewhere are checked, then
@@ -483,6 +485,13 @@ class Evaluator:
                 )
             )
         return points
+
+
+def _mean(values: list[torch.Tensor]) -> float:
+    """The mean of per-example metrics ``[batch]`` over every process's batches."""
+    local = torch.cat(values).double()
+    total, count = all_sum([local.sum(), torch.tensor(float(local.numel()))])
+    return float(total / count)
 
 
 def _intact(model: Model, name: str, first_layers_intact: int) -> bool:

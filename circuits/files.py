@@ -6,7 +6,8 @@ system), otherwise it is removed. The temporary name is created exclusively by
 ``tempfile.mkstemp``, so concurrent writers never share one and a file or link planted under a
 guessable name is never written through; a link at ``path`` itself is replaced, not followed.
 The file gets the permissions a plain ``open(path, "w")`` would give it (``0o666`` less the
-umask).
+umask). In a distributed run (`circuits.distributed`) only rank 0 writes: the others' temporary
+files are removed instead of renamed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from circuits.distributed import rank
 
 __all__ = ["replacing", "write_text"]
 
@@ -30,6 +33,9 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        if rank() != 0:
+            tmp.unlink()
+            return
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

@@ -1,0 +1,92 @@
+"""Data parallelism with ``torch.distributed``: batches of prompt pairs split across processes,
+their sums all-reduced.
+
+Launch a command with torchrun, e.g. ``torchrun --nproc_per_node 2 .venv/bin/circuits discover
+...``. `init` joins the process group that torchrun's environment describes (gloo on CPU, NCCL on
+CUDA). Node effects, edge effects, ablation means and evaluation then take every
+``world_size``-th batch from their rank on (`shard`, which keeps each batch's index in the whole
+dataset: random ablations are seeded by it) and add up their per-batch sums across processes
+(`all_sum`, in float64), so every number equals a single process's up to the order of float
+additions. Batches are cut before they are split, so a batch holds the same pairs however many
+processes run. In a distributed run only rank 0 writes files (`circuits.files`) and prints.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["all_sum", "init", "initialised", "rank", "shard", "world_size"]
+
+T = TypeVar("T")
+
+
+def initialised() -> bool:
+    """Whether this process is part of a process group (torch need not be imported to ask)."""
+    torch = sys.modules.get("torch")
+    return (
+        torch is not None
+        and torch.distributed.is_available()
+        and (torch.distributed.is_initialized())
+    )
+
+
+def rank() -> int:
+    """This process's rank (0 outside a distributed run)."""
+    return sys.modules["torch"].distributed.get_rank() if initialised() else 0
+
+
+def world_size() -> int:
+    """How many processes share the work (1 outside a distributed run)."""
+    return sys.modules["torch"].distributed.get_world_size() if initialised() else 1
+
+
+def init() -> bool:
+    """Join the process group torchrun describes; False when not launched with WORLD_SIZE > 1."""
+    if initialised():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def shard(items: Sequence[T]) -> list[tuple[int, T]]:
+    """``[(index, item)]`` this process handles: every ``world_size``-th item from its rank.
+
+    Raises:
+        ValueError: fewer items than processes (some would have nothing to add).
+    """
+    size = world_size()
+    if size > 1 and len(items) < size:
+        raise ValueError(
+            f"{len(items)} batches for {size} processes; give more pairs or a smaller "
+            "--batch-size, or start fewer processes"
+        )
+    return [(i, item) for i, item in enumerate(items) if i % size == rank()]
+
+
+def all_sum(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Each tensor summed over the processes (one all-reduce, in float64), in its own dtype and
+    device; the tensors themselves outside a distributed run."""
+    if world_size() == 1 or not tensors:
+        return list(tensors)
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device()) if (
+        torch.distributed.get_backend() == "nccl"
+    ) else torch.device("cpu")  # fmt: skip
+    flat = torch.cat([t.detach().to(device, torch.float64).reshape(-1) for t in tensors])
+    torch.distributed.all_reduce(flat)
+    out, start = [], 0
+    for t in tensors:
+        out.append(flat[start : start + t.numel()].reshape(t.shape).to(t.device, t.dtype))
+        start += t.numel()
+    return out
