@@ -71,7 +71,7 @@ from circuits.ablation import (
 from circuits.dictionaries import Dictionary
 from circuits.distributed import all_sum, shard
 from circuits.graph import OUTPUT, Circuit, parse_node_name
-from circuits.metrics import BatchInfo, Metric, get_metric
+from circuits.metrics import METRICS, BatchInfo, Metric, get_metric
 from circuits.models import Model
 
 __all__ = [
@@ -258,6 +258,10 @@ class Evaluator:
         submodules: Submodules to evaluate; None for every one with a dictionary.
         batch_size: Examples per batch.
         seed: Seed of the ``resample`` draws.
+        keep_clean_logits: Keep the full model's last-position logits ``[batch, vocab]`` of every
+            batch in ``infos`` (``BatchInfo.clean_logits``). None: only for metrics that may read
+            them (``kl_to_clean`` and callables), so logit differences over many pairs keep no
+            per-example vocabulary-wide tensor.
 
     Raises:
         ValueError: an unknown ablation, reference or protocol, nothing left to evaluate, bad
@@ -279,6 +283,7 @@ class Evaluator:
         submodules: Iterable[str] | None = None,
         batch_size: int = 16,
         seed: int = 0,
+        keep_clean_logits: bool | None = None,
     ) -> None:
         self.protocol, first_layers_intact = intact_layers(model, protocol, first_layers_intact)
         self.first_layers_intact = first_layers_intact
@@ -323,6 +328,9 @@ class Evaluator:
         )
 
         # m(M): nothing ablated. Its logits also serve as BatchInfo.clean_logits (kl_to_clean).
+        if keep_clean_logits is None:
+            reads_none = (METRICS["logit_diff"], METRICS["answer_logprob"])
+            keep_clean_logits = self.metric.fn not in reads_none
         self.infos: dict[int, BatchInfo] = {}  # this process's batches, by index
         full = []
         everything = keep_all(dictionaries, self.submodules)
@@ -331,8 +339,8 @@ class Evaluator:
                 model, dictionaries, batch.clean, everything, self.values, key=index
             )
             info = batch.info.with_clean_logits(logits)
-            self.infos[index] = info
             full.append(self.metric(logits, info))
+            self.infos[index] = info if keep_clean_logits else batch.info
         self.metric_full = _mean(full)
         self.metric_empty = self.mean_metric(keep_none(dictionaries, self.submodules))
         if math.isclose(self.metric_full, self.metric_empty, rel_tol=1e-6, abs_tol=1e-9):

@@ -403,6 +403,7 @@ def train_mask(
             submodules=submodules,
             batch_size=batch_size,
             seed=seed,
+            keep_clean_logits=True,  # the logit-difference objective reads them
         )
     except MetricError as error:
         if objective == "logit-diff" and "patch" in str(error):

@@ -279,6 +279,22 @@ def test_full_and_empty_circuits_are_exact(neox, saes, how):
     assert math.isclose(full.metric_full, float(expected), rel_tol=1e-6)
 
 
+def test_vocabulary_wide_logits_are_kept_only_for_metrics_that_read_them(neox, saes):
+    def margin(logits, info):  # a callable may read info.clean_logits
+        return logits[:, 0] - info.clean_logits[:, 0]
+
+    kept = {
+        metric: all(
+            info.clean_logits is not None
+            for info in Evaluator(neox, saes, PAIRS, metric=metric, ablation="zero").infos.values()
+        )
+        for metric in ("logit_diff", "kl_to_clean", margin)
+    }
+    assert kept == {"logit_diff": False, "kl_to_clean": True, margin: True}
+    forced = Evaluator(neox, saes, PAIRS, keep_clean_logits=True)
+    assert all(info.clean_logits.shape[1] == neox.vocab_size for info in forced.infos.values())
+
+
 def test_positioned_full_circuit(neox, saes):
     same = [p for p in PAIRS if len(p.clean_prefix.split()) == 5]
     evaluator = Evaluator(neox, saes, same, submodules=["mlp_0", "resid_1"])
