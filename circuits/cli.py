@@ -670,8 +670,37 @@ def _load_model(args: argparse.Namespace):
     from circuits.models import load_model
 
     return load_model(
-        args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        device_map=_json_option(args.device_map, "--device-map", allow={"auto"}),
+        max_memory=_devices(_json_option(args.max_memory, "--max-memory")),
+        offload_folder=args.offload_folder,
+        trust_remote_code=args.trust_remote_code,
     )
+
+
+def _devices(memory: dict | None) -> dict | None:
+    """--max-memory's GPU keys as accelerate wants them: ``"0"`` -> ``0``."""
+    return None if memory is None else {int(k) if k.isdigit() else k: v for k, v in memory.items()}
+
+
+def _json_option(text: str | None, option: str, allow: set[str] = frozenset()):
+    """A JSON object given inline or as a file, or one of the words in ``allow``."""
+    if text is None or text in allow:
+        return text
+    source = Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        words = "".join(f"'{w}', " for w in sorted(allow))
+        raise ValueError(
+            f"{option}: give {words}a JSON object or a file holding one, e.g. "
+            '\'{"model.layers.20": "disk", ...}\''
+        )
+    return value
 
 
 def _diagram_row_cap() -> int:
@@ -682,9 +711,9 @@ def _diagram_row_cap() -> int:
 
 
 def _model_options(parser: argparse.ArgumentParser, *, dictionaries: bool = True) -> None:
-    """--model, --dictionaries (unless ``dictionaries=False``), --device, --dtype,
-    --trust-remote-code, --threads and --no-progress, the same for every command that loads a
-    model."""
+    """--model, --dictionaries (unless ``dictionaries=False``), --device, --device-map,
+    --max-memory, --offload-folder, --dtype, --trust-remote-code, --threads and --no-progress,
+    the same for every command that loads a model."""
     parser.add_argument("--model", default="zoo", help="'zoo', a hub name or a local directory")
     if dictionaries:
         parser.add_argument(
@@ -693,7 +722,23 @@ def _model_options(parser: argparse.ArgumentParser, *, dictionaries: bool = True
             help="'zoo', 'neurons' (identity: neuron nodes), a directory in SFC's layout, "
             "'sae-lens:RELEASE/SAE_ID' or 'sparsify:REPO_ID' (Hugging Face Hub, cache first)",
         )
-    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, ...)")
+    parser.add_argument(
+        "--device", help="where the model runs: cpu (the default), cuda, ..." + _NO_DEFAULT
+    )
+    parser.add_argument(
+        "--device-map",
+        metavar="MAP",
+        help="accelerate's placement of the layers: 'auto', or a JSON object {module path: "
+        "device, 'cpu' or 'disk'} inline or in a file (instead of --device)" + _NO_DEFAULT,
+    )
+    parser.add_argument(
+        "--max-memory",
+        metavar="JSON",
+        help='with --device-map auto: {"0": "20GiB", "cpu": "60GiB"}' + _NO_DEFAULT,
+    )
+    parser.add_argument(
+        "--offload-folder", metavar="DIR", help="where 'disk' layers are kept" + _NO_DEFAULT
+    )
     parser.add_argument(
         "--dtype",
         choices=["float32", "float16", "bfloat16"],

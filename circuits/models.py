@@ -34,7 +34,7 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -381,8 +381,15 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        """Device of the model's first parameter."""
-        return next(self.torch_model.parameters()).device
+        """Where inputs go: the device of the model's first parameter (with a device map, where
+        the embedding runs)."""
+        return _module_device(self.torch_model)
+
+    def device_of(self, name: str | Submodule) -> torch.device:
+        """Where submodule ``name``'s activation is computed (with a device map, the device its
+        layer runs on)."""
+        sub = self.submodule(name)
+        return _module_device(self.module(sub.name), self.device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -475,8 +482,10 @@ class Model:
         config = getattr(self.torch_model, "config", None)
         described = config.to_json_string() if hasattr(config, "to_json_string") else repr(config)
         tensors, seen = [], set()
-        for tensor in self.torch_model.state_dict(keep_vars=True).values():
-            if tensor.data_ptr() not in seen:
+        for name, tensor in self.torch_model.state_dict(keep_vars=True).items():
+            if tensor.is_meta:  # offloaded by a device map: read it where accelerate keeps it
+                tensors.append(_offloaded(self.torch_model, name))
+            elif tensor.data_ptr() not in seen:
                 seen.add(tensor.data_ptr())
                 tensors.append(tensor)
         vocab = sorted(self.tokenizer.get_vocab().items())
@@ -700,6 +709,30 @@ def _looks_local(source: str) -> bool:
     )
 
 
+def _module_device(module: torch.nn.Module, default: torch.device | None = None) -> torch.device:
+    """The device ``module`` runs on: accelerate's execution device where a device map placed
+    it, else that of its first parameter that holds data."""
+    for inner in module.modules():
+        hook = getattr(inner, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            return torch.device(hook.execution_device)
+        for parameter in inner.parameters(recurse=False):
+            if not parameter.is_meta:
+                return parameter.device
+    return default if default is not None else torch.device("cpu")
+
+
+def _offloaded(torch_model: torch.nn.Module, name: str) -> torch.Tensor:
+    """The weights of parameter or buffer ``name``, which a device map offloaded to CPU or disk
+    (its module holds a meta tensor; accelerate's hook on the module keeps the real one)."""
+    path, _, leaf = name.rpartition(".")
+    module = torch_model.get_submodule(path)
+    weights = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
+    if weights is None:
+        raise ValueError(f"{name} has no weights here (a meta tensor) and no offloaded copy")
+    return weights[leaf]
+
+
 def tensors_sha256(tensors: Iterable[torch.Tensor]) -> str:
     """sha256 over each tensor's shape, dtype and bytes, in order."""
     digest = hashlib.sha256()
@@ -711,7 +744,10 @@ def tensors_sha256(tensors: Iterable[torch.Tensor]) -> str:
 
 
 def _load_pretrained(
-    source: str, dtype: torch.dtype | None, trust_remote_code: bool
+    source: str,
+    dtype: torch.dtype | None,
+    trust_remote_code: bool,
+    placement: Mapping[str, Any] | None = None,
 ) -> torch.nn.Module:
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
@@ -725,7 +761,7 @@ def _load_pretrained(
                 "'EleutherAI/pythia-70m-deduped'."
             )
         source = str(path)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **(placement or {})}
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
@@ -797,6 +833,9 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    device_map: str | Mapping[str, Any] | None = None,
+    max_memory: Mapping[Any, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
     architecture: Architecture | str | None = None,
     tokenizer: Any = None,
     trust_remote_code: bool = False,
@@ -822,6 +861,13 @@ def load_model(
             already is" for a built one.
         dtype: A torch dtype or its name (``"float32"``, ``"bfloat16"``); None keeps the
             checkpoint's (or the built model's) dtype.
+        device_map: For a model loaded here, accelerate's placement, passed to
+            ``from_pretrained``: ``"auto"``, or ``{module path: device | "cpu" | "disk"}``
+            (e.g. ``{"gpt_neox.layers.5": "disk", ...}``, every module covered). Layers may then
+            sit on different devices or be offloaded; dictionaries follow their submodule's
+            device (`Model.device_of`). Not with ``device``.
+        max_memory: With ``device_map="auto"``: ``{device: "10GiB", "cpu": "30GiB"}``.
+        offload_folder: Where ``"disk"`` layers are kept.
         architecture: An `Architecture` row, or the name of a registered one, to use instead of
             looking the model's ``config.model_type`` up in the alias table.
         tokenizer: A tokenizer object, or the directory / hub name to load one from. It is copied,
@@ -848,10 +894,24 @@ def load_model(
     input_name = "input_ids"
     model_type: str | None = None
 
+    placement = {
+        key: value
+        for key, value in (
+            ("device_map", device_map), ("max_memory", max_memory),
+            ("offload_folder", None if offload_folder is None else os.fspath(offload_folder)),
+        )
+        if value is not None
+    }  # fmt: skip
+    if placement and (device is not None or not isinstance(source, (str, os.PathLike))):
+        raise ValueError(
+            "device_map, max_memory and offload_folder place a model loaded here; give "
+            "device_map instead of device (for a built model, dispatch it before passing it)"
+        )
     if isinstance(source, (str, os.PathLike)):
         source = _resolve_source(os.fspath(source))
-        torch_model = _load_pretrained(source, dtype, trust_remote_code)
-        torch_model.to(device if device is not None else "cpu")
+        torch_model = _load_pretrained(source, dtype, trust_remote_code, placement)
+        if not placement:
+            torch_model.to(device if device is not None else "cpu")
         torch_model.eval()
         if tokenizer is None:
             tokenizer = _load_tokenizer(source, "the model", trust_remote_code)
@@ -917,14 +977,12 @@ def load_model(
 
         # The pipeline nnsight builds would move a model without a device map to the first
         # accelerator; pin it to where the weights are.
-        placement = (
+        pinned = (
             {}
             if getattr(torch_model, "hf_device_map", None) is not None
             else {"device": next(torch_model.parameters()).device}
         )
-        lm = TransformersModel(
-            torch_model, tokenizer=tokenizer, task="text-generation", **placement
-        )
+        lm = TransformersModel(torch_model, tokenizer=tokenizer, task="text-generation", **pinned)
         tokenizer = lm.tokenizer
         # One padding side everywhere: nnsight pads invokes of different lengths with this
         # setting, and `Batch.last` stays valid only if that padding goes on the right too.

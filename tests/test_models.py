@@ -429,6 +429,48 @@ def test_dtype_and_device_options(tiny_model_dir):
     assert model.dtype == torch.float64 and built.transformer.wte.weight.dtype == torch.float64
 
 
+def test_a_device_map_that_offloads_a_layer_to_disk(tiny_model_dir, tmp_path):
+    """Layer 1 kept on disk by accelerate (its parameters are meta tensors here): the logits, the
+    fingerprint and AtP effects equal those of the model loaded whole."""
+    from conftest import PAIRS
+
+    from attribution import node_effects
+    from circuits.dictionaries import load_dictionaries
+
+    directory = tiny_model_dir("gpt_neox")
+    placement = {
+        "gpt_neox.embed_in": "cpu", "gpt_neox.emb_dropout": "cpu", "gpt_neox.layers.0": "cpu",
+        "gpt_neox.layers.1": "disk", "gpt_neox.final_layer_norm": "cpu",
+        "gpt_neox.rotary_emb": "cpu", "lm_head": "cpu",
+    }  # fmt: skip
+    mapped = load_model(directory, device_map=placement, offload_folder=tmp_path / "offload")
+    whole = load_model(directory)
+    layer = mapped.torch_model.gpt_neox.layers[1]
+    assert layer.attention.dense.weight.is_meta  # really offloaded
+    assert mapped.device_of("resid_1") == torch.device("cpu") == mapped.device
+    batch = whole.tokenize(PROMPTS)
+    torch.testing.assert_close(mapped.forward(batch), whole.forward(batch), rtol=0, atol=0)
+    assert mapped.fingerprint() == whole.fingerprint()
+    effects = [
+        node_effects(m, load_dictionaries(m, "neurons"), PAIRS, method="atp", progress=False)
+        for m in (mapped, whole)
+    ]
+    for name in effects[1].effects:
+        torch.testing.assert_close(
+            effects[0].effects[name].features, effects[1].effects[name].features
+        )
+    with pytest.raises(ValueError, match="instead of device"):
+        load_model(directory, device="cpu", device_map="auto")
+
+
+def test_device_map_option_errors(tiny_model_dir, capsys):
+    from circuits.cli import main
+
+    argv = ["discover", "--model", str(tiny_model_dir("gpt_neox")), "--dictionaries", "neurons"]
+    assert main([*argv, "--task", "sva-rc", "--device-map", "[1, 2]", "--out", "x"]) == 2
+    assert "--device-map: give 'auto', a JSON object" in capsys.readouterr().err
+
+
 # -- the alias table ------------------------------------------------------------------------------
 
 

@@ -167,5 +167,5 @@ def load_dictionaries(
                 f"dictionary for {name} ({origin}) has d_model {d.d_model}, "
                 f"but submodule {name} has width {width}"
             )
-        out[name] = d.to(device=model.device, dtype=model.dtype)
+        out[name] = d.to(device=model.device_of(name), dtype=model.dtype)
     return out
