@@ -44,6 +44,7 @@ from attribution.batches import TaskLike
 from attribution.edges import edge_effects
 from attribution.nodes import Aggregation, Method, node_effects
 from circuits.dictionaries import Dictionary, Identity
+from circuits.distributed import world_size
 from circuits.graph import OUTPUT, Circuit
 from circuits.metrics import BatchInfo, Metric
 from circuits.models import Model
@@ -205,6 +206,7 @@ def discover(
         "top_k": top_k,
         "edges": edges,
         "nodes_kept": len(kept),
+        "processes": world_size(),
         **(provenance or {}),
     }
     total = effects.total_effect
