@@ -82,32 +82,20 @@ class WatchedLabels(dict):
         return super().__contains__(key)
 
 
+def run_shift(world, **options):
+    model, neurons = world
+    ambiguous, balanced = texts(240, balanced=False, seed=0), texts(240, balanced=True, seed=1)
+    return shift(model, neurons, ambiguous, balanced, top=10, seed=0, **options)
+
+
 @pytest.fixture(scope="module")
 def report(world):
-    model, neurons = world
-    return shift(
-        model,
-        neurons,
-        texts(240, balanced=False, seed=0),
-        texts(240, balanced=True, seed=1),
-        spurious="animal: cat dog",
-        top=10,
-        seed=0,
-    )
+    return run_shift(world, spurious="animal: cat dog")
 
 
 @pytest.fixture(scope="module")
 def labels_report(world):
-    model, neurons = world
-    return shift(
-        model,
-        neurons,
-        texts(240, balanced=False, seed=0),
-        texts(240, balanced=True, seed=1),
-        selection="labels",
-        top=10,
-        seed=0,
-    )
+    return run_shift(world, selection="labels")
 
 
 def test_the_judge_picks_the_spurious_coordinate_from_dashboards(report):
