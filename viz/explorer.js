@@ -110,7 +110,7 @@
     G = {nodes: list, byId: new Map(list.map(n => [n.id, n])), edges: edges,
       inE: new Map(list.map(n => [n.id, []])), outE: new Map(list.map(n => [n.id, []]))};
     edges.forEach(function (e) { G.outE.get(e.source).push(e); G.inE.get(e.target).push(e); });
-    G.through = pinnedPaths(list, edges);
+    G.through = through;
     layout(G);
     timing.lastRebuild = performance.now() - started;
     updateCounts();
@@ -236,13 +236,11 @@
       c.style.width = w + "px";
       c.style.height = h + "px";
     });
-    return {w: w, h: h, dpr: dpr};
   }
 
   function fitScale(g) {
     return Math.min(wrap.clientWidth / g.width, wrap.clientHeight / g.height, 1.5);
   }
-
 
   function fit() {
     const s = fitScale(G);
@@ -339,7 +337,7 @@
   }
 
   function draw() {
-    const {dpr} = size(), v = state.view, ctx = bctx;
+    const dpr = window.devicePixelRatio || 1, v = state.view, ctx = bctx;
     const scaleEffect = largest(G.nodes.filter(n => n.id !== OUTPUT).map(n => n.effect));
     G.maxWeight = largest(G.edges.map(e => e.weight));
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
@@ -742,7 +740,7 @@
         Escape: () => pin(null, false)};
       if (keys[e.key]) { e.preventDefault(); keys[e.key](); }
     });
-    window.addEventListener("resize", draw);
+    window.addEventListener("resize", function () { size(); draw(); });
     const count = $("node-count");
     count.max = Math.max(1, ranked.length);
     count.addEventListener("input", function () {
@@ -789,6 +787,7 @@
 
   bind();
   rebuild();  // the controls' text in place, so the canvas has its final size
+  size();
   opened = readableCount();
   state.kept = opened;
   $("node-count").value = state.kept;
