@@ -602,9 +602,11 @@ def fake_model(dtype: torch.dtype = torch.float64) -> SimpleNamespace:
             Sub(f"resid_{i}", "resid", i, D),
         ]
     by_name = {s.name: s for s in subs}
+    cpu = torch.device("cpu")
     return SimpleNamespace(
-        submodules=subs, submodule=by_name.__getitem__, device=torch.device("cpu"), dtype=dtype
-    )
+        submodules=subs, submodule=by_name.__getitem__, device=cpu, device_of=lambda name: cpu,
+        dtype=dtype,
+    )  # fmt: skip
 
 
 def sfc_tree(root: Path, names: list[str]) -> Path:

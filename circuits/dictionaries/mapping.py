@@ -59,13 +59,14 @@ def load_dictionaries(
     *,
     submodules: Sequence[str] | None = None,
 ) -> dict[str, Dictionary]:
-    """Dictionaries for a model's submodules, moved to the model's device and dtype.
+    """Dictionaries for a model's submodules, each moved to its submodule's device and the
+    model's dtype.
 
     Args:
         model: the toolkit's model wrapper; ``model.submodules`` (records with ``name``,
-            ``kind``, ``layer``, ``width``), ``model.device`` and ``model.dtype`` are used, and
-            for Hub specs also ``model.site``, ``model.module``, ``model.architecture`` and
-            ``model.torch_model``.
+            ``kind``, ``layer``, ``width``), ``model.device_of(name)`` and ``model.dtype`` are
+            used, and for Hub specs also ``model.site``, ``model.module``,
+            ``model.architecture`` and ``model.torch_model``.
         spec: one of
             - ``"neurons"``: an ``Identity`` of the submodule's width for each submodule;
             - ``"zoo"``: the dictionaries shipped with the zoo (built by ``circuits zoo build``);
