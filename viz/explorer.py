@@ -18,7 +18,11 @@ filter changes. What a user can do:
   effect is its members' sum and its edges the sums of theirs; save the grouping as JSON and
   load it again (here, or with ``supernodes=`` / ``circuits explore --supernodes``).
 
-``page.html#node=resid_2/17`` opens with that node pinned and centred.
+``page.html#node=resid_2/17`` opens with that node pinned and centred. For scripts and browser
+tests the page exposes ``window.explorer``: ``state()`` (view scale and offset, label height in
+pixels, shown node ids, pinned and hovered nodes, supernodes, timings), ``screen(id)`` (a node's
+centre in page pixels, to move a pointer to), ``layout()`` and ``grouping()``. A supernode's id
+is ``supernode:<name>``.
 
 Dashboards (``dashboards={name: dashboard}``, e.g. from `viz.dashboard`) are plain JSON objects;
 the panel shows the keys it knows and ignores the rest:
