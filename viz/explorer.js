@@ -370,7 +370,8 @@
         ctx.textBaseline = "middle";
         const room = n.kind === "error" ? NODE_W * 0.55 : NODE_W - 8;
         const second = n.members ? n.members.length + " nodes" : n.label !== n.id ? n.label : null;
-        const first = n.members ? n.label : n.id;
+        // An error node's row names its submodule; inside the triangle, "ε" and its position.
+        const first = n.members ? n.label : n.kind === "error" ? n.id.split("/").pop() : n.id;
         const y0 = n.kind === "error" ? n.y + 6 : n.y;
         ctx.font = (second ? "bold " : "") + FONT + "px system-ui, sans-serif";
         ctx.fillText(clip(ctx, first, room), n.x, second ? y0 - 7 : y0);
