@@ -662,12 +662,24 @@ def shift(
                     key=lambda n: -abs(effects[n]))  # fmt: skip
     circuit = ranked[:top]
 
-    # 3. Selection. The judge reads dashboards over ambiguous training texts only.
+    # 3. Selection. The judge reads dashboards over ambiguous training texts only, in one pass
+    # for the candidates and the embed features of the control.
     candidates: list[Candidate] = []
     verdicts: list[Verdict] = []
-    judge = dict(share=share, promoted_top=promoted_top, batch_size=batch_size)
-    if nodes is None and selection == "concept-tokens":
-        verdicts = _judged(model, dictionaries, circuit, concept, train[:n_dashboard], **judge)
+    judged: dict[str, Verdict] = {}
+    by_judge = nodes is None and selection == "concept-tokens"
+    embed_ranked = [n for n in ranked if parse_node_name(n).submodule == "embed"]
+    if concept is not None:
+        wanted = list(dict.fromkeys([*(circuit if by_judge else []), *embed_ranked]))
+        judged = {
+            v.node: v
+            for v in _judged(
+                model, dictionaries, wanted, concept, train[:n_dashboard], share=share,
+                promoted_top=promoted_top, batch_size=batch_size,
+            )
+        }  # fmt: skip
+    if by_judge:
+        verdicts = [judged[n] for n in circuit]
         nodes = [v.node for v in verdicts if v.about]
     select_half, eval_half = split_texts(balanced, 0.5, seed)
     sel_label, sel_attr = labels_of(select_half)
@@ -687,10 +699,10 @@ def shift(
 
     def rows_for(name: str, dicts: Mapping[str, Dictionary], chosen: list[str], retrain: bool):
         with _ablated(model, dicts, chosen):
-            out = [evaluate(name, probe, pooled(eval_half), ev_label, ev_attr, len(chosen))]
+            x = pooled(eval_half)
+            out = [evaluate(name, probe, x, ev_label, ev_attr, len(chosen))]
             if retrain:
                 again = train_probe(pooled(train), y_train, l2=l2)
-                x = pooled(eval_half)
                 out.append(evaluate(name + " + retrain", again, x, ev_label, ev_attr, len(chosen)))
         return out
 
@@ -706,15 +718,9 @@ def shift(
     ]
 
     # Controls that need the concept: embed features chosen by the judge, tokens deleted.
-    embed_nodes: list[str] = []
-    if concept is not None and "embed" in attributed:
-        embed_ranked = [n for n in ranked if parse_node_name(n).submodule == "embed"]
-        embed_verdicts = _judged(
-            model, dictionaries, embed_ranked, concept, train[:n_dashboard], **judge
-        )
-        embed_nodes = [v.node for v in embed_verdicts if v.about][:k]
-        if embed_nodes:
-            rows += rows_for("Embed features (judge)", dictionaries, embed_nodes, True)
+    embed_nodes = [n for n in embed_ranked if n in judged and judged[n].about][:k]
+    if embed_nodes:
+        rows += rows_for("Embed features (judge)", dictionaries, embed_nodes, True)
     if concept is not None:
         deleted_train = _with_texts(train, delete_concept_tokens([t.text for t in train], concept))
         deleted_eval = _with_texts(
