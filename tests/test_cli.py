@@ -56,12 +56,12 @@ def test_zoo_build_never_writes_into_the_package_unless_asked(capsys):
 
 
 def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
-    import circuits.cli
+    import circuits.cli.options
 
     def no_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(circuits.cli, "_load_model", no_work)
+    monkeypatch.setattr(circuits.cli.options, "load_model", no_work)
     a_file = tmp_path / "taken"
     a_file.write_text("")
     cases = [

@@ -1,0 +1,284 @@
+"""Commands that draw circuits: ``render``, ``explore`` and ``dashboard``.
+
+Each ``add_<command>`` adds one subcommand's options; each ``_<command>`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from circuits.cli import options
+from circuits.cli.options import (
+    NO_DEFAULT,
+    model_options,
+    positive_int,
+)
+from circuits.files import write_text
+
+
+def _diagram_row_cap() -> int:
+    """`viz.diagram.ROW_CAP` (imports graphviz and networkx, not torch)."""
+    from viz.diagram import ROW_CAP
+
+    return ROW_CAP
+
+
+def _render(args: argparse.Namespace) -> int:
+    from circuits.graph import Circuit
+    from viz.annotations import read_annotations
+    from viz.diagram import format_from_suffix, parse_tokens, render
+    from viz.export import write_graphml, write_neuronpedia
+
+    circuit = Circuit.load(args.circuit)
+    annotations = read_annotations(args.annotations) if args.annotations else None
+    tokens = None if args.tokens is None else parse_tokens(args.tokens)
+    labels = None
+    if args.dashboards:
+        from viz.dashboard import auto_labels, read_dashboards
+
+        labels = auto_labels(read_dashboards(args.dashboards))
+    out = Path(args.out)
+    fmt = args.format
+    if fmt is None:
+        suffix = out.suffix.lower()
+        fmt = {".graphml": "graphml", ".json": "neuronpedia"}.get(suffix) or format_from_suffix(out)
+    if fmt == "graphml":
+        path = write_graphml(circuit, out, annotations=annotations, labels=labels)
+    elif fmt == "neuronpedia":
+        path = write_neuronpedia(
+            circuit, out, annotations=annotations, labels=labels, tokens=tokens
+        )
+    else:
+        path = render(
+            circuit,
+            out,
+            format=fmt,
+            annotations=annotations,
+            labels=labels,
+            positions=args.positions,
+            tokens=tokens,
+            max_nodes=args.max_nodes,
+            row_cap=args.row_cap or None,
+            edge_share=args.edge_share,
+            title=args.title,
+        )
+    print(f"wrote {path}")
+    return 0
+
+
+def _explore(args: argparse.Namespace) -> int:
+    from circuits.graph import Circuit
+    from viz.annotations import read_annotations
+    from viz.diagram import parse_tokens
+    from viz.explorer import read_supernodes, write_explorer
+
+    circuit = Circuit.load(args.circuit)
+    dashboards = None
+    if args.dashboards:
+        from viz.dashboard import read_dashboards
+
+        dashboards = read_dashboards(args.dashboards)
+    path = write_explorer(
+        circuit,
+        args.out,
+        annotations=read_annotations(args.annotations) if args.annotations else None,
+        dashboards=dashboards,
+        tokens=None if args.tokens is None else parse_tokens(args.tokens),
+        supernodes=read_supernodes(args.supernodes) if args.supernodes else None,
+        max_nodes=args.max_nodes,
+        title=args.title or Path(args.circuit).parent.name or None,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from circuits.dictionaries import load_dictionaries
+    from viz.dashboard import dashboards, default_cache_dir, write_dashboard_html
+
+    if args.corpus == "zoo":
+        from circuits.zoo.language import corpus
+
+        docs = corpus(args.docs, seed=args.seed)
+    else:
+        lines = Path(args.corpus).read_text(encoding="utf-8").splitlines()
+        docs = [line for line in lines if line.strip()][: args.docs]
+    nodes = list(args.nodes)
+    if args.circuit:
+        from circuits.graph import Circuit
+
+        circuit = Circuit.load(args.circuit)
+        nodes += [name for name, _ in circuit.top_nodes(None) if "ε" not in name]
+    nodes = list(dict.fromkeys(name.split("@", 1)[0] for name in nodes))
+    if not nodes:
+        raise ValueError("name at least one NODE, or a circuit with --circuit")
+    model = options.load_model(args)
+    boards = dashboards(
+        model,
+        load_dictionaries(model, args.dictionaries),
+        nodes,
+        docs,
+        top_k=args.contexts,
+        batch_size=args.batch_size,
+        cache_dir=None if args.no_cache else Path(args.cache_dir or default_cache_dir()),
+    )
+    if args.json:
+        print(json.dumps(boards, indent=1, ensure_ascii=False))
+        return 0
+    if args.out and Path(args.out).suffix.lower() == ".json":
+        write_text(args.out, json.dumps(boards, ensure_ascii=False) + "\n")
+        print(f"wrote {args.out}")
+    elif args.out:
+        print(f"wrote {write_dashboard_html(boards, args.out, title=' '.join(nodes[:5]))}")
+    for name, board in boards.items():
+        print(f"{name}: {board['label']} (density {board['density']:.4f})")
+    return 0
+
+
+def add_render(commands: argparse._SubParsersAction, fmt: type) -> None:
+    """The ``render`` subcommand's options."""
+    rend = commands.add_parser(
+        "render",
+        help="draw a circuit (SVG, PNG, PDF, DOT) or export it (GraphML, Neuronpedia JSON)",
+        description="Draw DIR/circuit.json with graphviz, or export it. The output's suffix "
+        "picks the format: .svg .png .pdf .dot/.gv (diagram), .graphml, .json (Neuronpedia "
+        "attribution-graph JSON); --format overrides it.",
+        formatter_class=fmt,
+    )
+    rend.add_argument("circuit", help="a circuit file saved by `circuits discover`")
+    rend.add_argument("-o", "--out", required=True, help="output file" + NO_DEFAULT)
+    rend.set_defaults(out_kind="file")
+    rend.add_argument(
+        "--format",
+        choices=["svg", "png", "pdf", "dot", "graphml", "neuronpedia"],
+        help="output format (default: from the output's suffix)" + NO_DEFAULT,
+    )
+    rend.add_argument(
+        "--positions",
+        action=argparse.BooleanOptionalAction,
+        help="one column per token position (default: when the circuit keeps positions)"
+        + NO_DEFAULT,
+    )
+    rend.add_argument(
+        "--tokens",
+        help="the example prompt's tokens, drawn under the position columns: words separated "
+        'by spaces, or a JSON list such as \'["<bos>", " The", " cat"]\'' + NO_DEFAULT,
+    )
+    rend.add_argument(
+        "--annotations",
+        metavar="FILE",
+        help='SFC annotation JSON lines ({"Name": ..., "Annotation": ...}) used as labels'
+        + NO_DEFAULT,
+    )
+    rend.add_argument(
+        "--max-nodes",
+        type=int,
+        metavar="N",
+        help="draw only the N nodes of largest |effect| (a note says how many were left out)"
+        + NO_DEFAULT,
+    )
+    rend.add_argument(
+        "--dashboards",
+        metavar="FILE",
+        help="dashboards JSON (`circuits dashboard -o x.json`): their automatic labels name "
+        "nodes without an annotation" + NO_DEFAULT,
+    )
+    rend.add_argument(
+        "--row-cap",
+        type=int,
+        default=_diagram_row_cap(),
+        metavar="N",
+        help="draw the N nodes of largest |effect| per row and fold the rest into one "
+        "'+M more' node (summed effect and edges); 0 draws every node",
+    )
+    rend.add_argument(
+        "--edge-share",
+        type=float,
+        metavar="F",
+        help="keep each node's strongest incoming edges carrying this share (0-1] of its "
+        "incoming |weight| (default: every edge)" + NO_DEFAULT,
+    )
+    rend.add_argument("--title", help="a line drawn above the diagram" + NO_DEFAULT)
+    rend.set_defaults(run=_render)
+
+
+def add_explore(commands: argparse._SubParsersAction, fmt: type) -> None:
+    """The ``explore`` subcommand's options."""
+    expl = commands.add_parser(
+        "explore",
+        help="write a self-contained HTML page to explore a circuit in a browser",
+        description="Write one HTML file (data inline, no network) with the circuit laid out "
+        "by submodule and position: pan and zoom, a panel per node, node and edge filters that "
+        "lay it out again, search, pinned paths and supernodes.",
+        formatter_class=fmt,
+    )
+    expl.add_argument("circuit", help="a circuit file saved by `circuits discover`")
+    expl.add_argument("-o", "--out", required=True, help="output .html file" + NO_DEFAULT)
+    expl.set_defaults(out_kind="file")
+    expl.add_argument(
+        "--annotations", metavar="FILE", help="SFC annotation JSON lines" + NO_DEFAULT
+    )
+    expl.add_argument(
+        "--dashboards",
+        metavar="FILE",
+        help="JSON object {node name: dashboard} shown in the node panel" + NO_DEFAULT,
+    )
+    expl.add_argument(
+        "--tokens",
+        help="the example prompt's tokens: words separated by spaces or a JSON list" + NO_DEFAULT,
+    )
+    expl.add_argument(
+        "--max-nodes",
+        type=int,
+        metavar="N",
+        help="show only the N nodes of largest |effect|" + NO_DEFAULT,
+    )
+    expl.add_argument(
+        "--supernodes",
+        metavar="FILE",
+        help='group nodes as in this file, saved by the page\'s "save supernodes"' + NO_DEFAULT,
+    )
+    expl.add_argument(
+        "--title", help="page title (default: the circuit's directory name)" + NO_DEFAULT
+    )
+    expl.set_defaults(run=_explore)
+
+
+def add_dashboard(commands: argparse._SubParsersAction, fmt: type) -> None:
+    """The ``dashboard`` subcommand's options."""
+    dash = commands.add_parser(
+        "dashboard",
+        help="top-activating contexts, activation histogram and output tokens of nodes",
+        description="Compute dashboards of feature or neuron nodes over a corpus (one pass "
+        "for all nodes; cached on disk unless --no-cache). Write HTML (-o x.html), JSON "
+        "(-o x.json, what `circuits explore --dashboards` reads) or print JSON (--json).",
+        formatter_class=fmt,
+    )
+    model_options(dash)
+    dash.add_argument("nodes", nargs="*", metavar="NODE", help="e.g. resid_2/17" + NO_DEFAULT)
+    dash.add_argument(
+        "--circuit",
+        metavar="FILE",
+        help="also every feature and neuron node of this circuit (positions merged)" + NO_DEFAULT,
+    )
+    dash.add_argument(
+        "--corpus", default="zoo", help="'zoo' (the zoo's language) or a file, one doc a line"
+    )
+    dash.add_argument("--docs", type=int, default=256, help="number of corpus documents")
+    dash.add_argument("--seed", type=int, default=1, help="seed of the zoo corpus")
+    dash.add_argument(
+        "--contexts", type=positive_int, default=10, metavar="N", help="top contexts per node"
+    )
+    dash.add_argument("--batch-size", type=int, default=16, help="documents per forward")
+    dash.add_argument(
+        "--cache-dir",
+        help="where dashboards are cached (default: $CIRCUITS_CACHE/dashboards or "
+        "~/.cache/circuits/dashboards)" + NO_DEFAULT,
+    )
+    dash.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    dash.add_argument("-o", "--out", help="write .html or .json" + NO_DEFAULT)
+    dash.set_defaults(out_kind="file", out_suffixes=(".html", ".json"))
+    dash.add_argument("--json", action="store_true", help="print the dashboards as JSON")
+    dash.set_defaults(run=_dashboard)
