@@ -137,6 +137,9 @@ def test_supernodes_are_checked_and_carried(tmp_path, capsys):
     assert data["supernodes"] == groups
     with pytest.raises(ValueError, match=r"not nodes of this circuit: \['mlp_9/1'\]"):
         explorer_data(circuit, supernodes=[{"name": "x", "members": ["mlp_9/1"]}])
+    for bad in ("early", {"name": "x"}, {"name": "", "members": ["embed/3"]}):
+        with pytest.raises(ValueError, match="a supernode is"):
+            explorer_data(circuit, supernodes=[bad])
     with pytest.raises(ValueError, match="is in supernodes 'a' and 'b'"):
         explorer_data(
             circuit,

@@ -102,7 +102,7 @@ def read_supernodes(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def _is_group(group: Any) -> bool:
     return (
-        isinstance(group, dict)
+        isinstance(group, Mapping)
         and isinstance(group.get("name"), str)
         and bool(group["name"].strip())
         and isinstance(group.get("members"), list)
@@ -115,7 +115,7 @@ def _check_supernodes(groups: Sequence[Mapping[str, Any]], circuit: Circuit) -> 
     seen: dict[str, str] = {}
     out = []
     for group in groups:
-        if not _is_group(dict(group)):
+        if not _is_group(group):
             raise ValueError(f"a supernode is {{'name': str, 'members': [node names]}}: {group!r}")
         unknown = [m for m in group["members"] if m not in circuit.graph or m == OUTPUT]
         if unknown:
