@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["all_sum", "init", "initialised", "rank", "shard", "world_size"]
+__all__ = ["all_sum", "finish", "init", "initialised", "rank", "shard", "world_size"]
 
 T = TypeVar("T")
 
@@ -56,6 +56,21 @@ def init() -> bool:
 
     torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return True
+
+
+def finish(*, wait: bool) -> None:
+    """Leave the process group, after the other processes reach this point when ``wait``.
+
+    A process that exits with its group still open can abort in the communication threads'
+    teardown while a peer is still talking to it; ``wait=False`` after an error, when the peers
+    may never arrive (torchrun stops them).
+    """
+    if not initialised():
+        return
+    torch = sys.modules["torch"]
+    if wait:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def shard(items: Sequence[T]) -> list[tuple[int, T]]:

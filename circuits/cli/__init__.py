@@ -54,15 +54,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{' and '.join(DISTRIBUTED)} do. Start it without torchrun",
                 file=sys.stderr,
             )
+            distributed.finish(wait=True)  # every process refuses
             return 2
         if distributed.rank() != 0:  # rank 0 prints and writes
             args.no_progress = True
     restore = _apply_process_options(args)
     quiet = open(os.devnull, "w") if distributed.rank() != 0 else None  # noqa: SIM115
+    finished = False
     try:
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
             _check_outputs(args)
-            return args.run(args)
+            code = args.run(args)
+        finished = True
+        return code
     except (ValueError, OSError) as exc:  # the library's errors say what to do
         print(f"circuits: error: {exc}", file=sys.stderr)
         return 2
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"circuits: stopped{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
     finally:
+        distributed.finish(wait=finished)
         restore()
         if quiet:
             quiet.close()
