@@ -20,7 +20,11 @@ For each feature or neuron node (``resid_2/17``; a position suffix is ignored) a
    Gemma-2's ``attn_i``, which is read before ``o_proj`` (width heads x head_dim): there, and
    wherever the direction's width differs from the unembedding's, ``promoted``/``suppressed``
    are None and ``logits_note`` says why.
-4. ``label``: a short automatic label from the above (tokens the unit fires on -> its top
+4. Random contexts (``random_k``, seeded): windows around a position drawn uniformly in a
+   document drawn uniformly from the corpus, whatever the unit does there (``position`` is the
+   drawn one, ``max`` the window's maximum). `circuits.explain` draws its non-activating
+   examples from them.
+5. ``label``: a short automatic label from the above (tokens the unit fires on -> its top
    promoted token), which diagrams and the explorer use when a node has no annotation.
 
 Dashboards are plain JSON (see `dashboard` for the keys) and are cached on disk when a cache
@@ -36,6 +40,7 @@ import hashlib
 import html
 import json
 import os
+import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,7 +64,7 @@ __all__ = [
     "write_dashboard_html",
 ]
 
-DASHBOARD_VERSION = 1
+DASHBOARD_VERSION = 2
 """Version of the dashboard JSON (part of the cache key)."""
 
 
@@ -193,6 +198,8 @@ def dashboards(
     bins: int = 20,
     before: int = 12,
     after: int = 4,
+    random_k: int = 0,
+    seed: int = 0,
     batch_size: int = 16,
     cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, dict[str, Any]]:
@@ -223,6 +230,8 @@ def dashboards(
         "bins": bins,
         "before": before,
         "after": after,
+        "random_k": random_k,
+        "seed": seed,
     }
     results: dict[str, dict[str, Any]] = {}
     keys: dict[str, str] = {}
@@ -273,8 +282,9 @@ def dashboard(
         node: A feature or neuron node name; a position suffix is ignored.
         corpus: Documents (strings), e.g. ``circuits.zoo.language.corpus(256, seed=1)``.
         **options: ``top_k`` contexts, ``n_tokens`` promoted/suppressed tokens, histogram
-            ``bins``, context window ``before``/``after`` the maximum, ``batch_size`` documents
-            per forward, ``cache_dir`` (None: no cache).
+            ``bins``, context window ``before``/``after`` the maximum, ``random_k`` random
+            contexts drawn with ``seed``, ``batch_size`` documents per forward, ``cache_dir``
+            (None: no cache).
 
     Returns:
         Plain JSON: ``format``, ``version``, ``node``, ``submodule``, ``index``, ``kind``
@@ -304,6 +314,8 @@ def _compute(
     bins: int,
     before: int,
     after: int,
+    random_k: int,
+    seed: int,
     batch_size: int,
 ) -> dict[str, dict[str, Any]]:
     import nnsight
@@ -321,6 +333,8 @@ def _compute(
     sparse = {sub: _is_sae(dictionaries[sub]) for sub in order}
     ids_by_doc: list[list[int]] = []
     rows_by_doc: dict[str, dict[int, torch.Tensor]] = {n: {} for n in names}
+    drawn = sorted(random.Random(seed).sample(range(len(corpus)), min(random_k, len(corpus))))
+    random_rows: dict[str, dict[int, torch.Tensor]] = {n: {} for n in names}
     for start in range(0, len(corpus), batch_size):
         batch = model.tokenize(list(corpus[start : start + batch_size]))
         mask = batch.attention_mask.bool()  # [batch, pos]
@@ -329,6 +343,7 @@ def _compute(
             row[: int(length)].tolist()
             for row, length in zip(batch.input_ids, mask.sum(1), strict=True)
         )
+        drawn_here = [d for d in drawn if start <= d < start + len(batch)]
         with torch.no_grad():
             with model.trace(batch):
                 saved = nnsight.save({sub: model.read(sub) for sub in order})
@@ -355,6 +370,8 @@ def _compute(
                             rows_by_doc[name][d] = a[d - start, : len(ids_by_doc[d])].clone()
                     for d in set(rows_by_doc[name]) - kept:
                         del rows_by_doc[name][d]
+                    for d in drawn_here:
+                        random_rows[name][d] = a[d - start, : len(ids_by_doc[d])].clone()
 
     unembed = _unembedding(model)  # [vocab, d_model]
     tokenizer = model.tokenizer
@@ -362,22 +379,33 @@ def _compute(
     for name in names:
         sub, index = units[name]
         dictionary = dictionaries[sub]
-        contexts = []
-        for value, doc, pos in zip(
-            best_max[name].tolist(), best_doc[name].tolist(), best_pos[name].tolist(), strict=True
-        ):
+
+        def context(doc: int, pos: int, value: float, rows: Mapping[int, torch.Tensor]) -> dict:
             ids = ids_by_doc[doc]
             lo, hi = max(0, pos - before), min(len(ids), pos + after + 1)
-            contexts.append(
-                {
-                    "doc": doc,
-                    "position": pos,
-                    "max": value,
-                    "start": lo,
-                    "tokens": _token_texts(tokenizer, ids[lo:hi]),
-                    "activations": rows_by_doc[name][doc][lo:hi].tolist(),
-                }
+            return {
+                "doc": doc,
+                "position": pos,
+                "max": value,
+                "start": lo,
+                "tokens": _token_texts(tokenizer, ids[lo:hi]),
+                "activations": rows[doc][lo:hi].tolist(),
+            }
+
+        contexts = [
+            context(doc, pos, value, rows_by_doc[name])
+            for value, doc, pos in zip(
+                best_max[name].tolist(),
+                best_doc[name].tolist(),
+                best_pos[name].tolist(),
+                strict=True,
             )
+        ]
+        randoms = []
+        for doc in drawn:
+            pos = random.Random(f"{seed}-{doc}").randrange(len(ids_by_doc[doc]))
+            randoms.append(context(doc, pos, 0.0, random_rows[name]))
+            randoms[-1]["max"] = max(randoms[-1]["activations"])
         sae = _is_sae(dictionary)
         all_values = torch.cat(values[name]) if values[name] else torch.empty(0)
         direction = unit_direction(dictionary, index)  # [d_model]
@@ -413,6 +441,7 @@ def _compute(
             "density": fired[name] / max(n_real, 1),
             "max_activation": contexts[0]["max"] if contexts else None,
             "contexts": contexts,
+            "random": randoms,
             "histogram": {
                 **_histogram(all_values, bins),
                 "of": "positive activations" if sae else "all activations",

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         build.add_info, find.add_discover, find.add_evaluate, find.add_mask,
         find.add_compare, editing.add_ablate, look.add_render, look.add_explore,
-        look.add_dashboard, editing.add_shift, build.add_train_dictionaries, build.add_zoo,
+        look.add_dashboard, look.add_explain, editing.add_shift,
+        build.add_train_dictionaries, build.add_zoo,
     ):  # fmt: skip
         add(commands, fmt)
     return parser

@@ -1,4 +1,5 @@
-"""Commands that draw circuits: ``render``, ``explore`` and ``dashboard``.
+"""Commands that show circuits and their units: ``render``, ``explore``, ``dashboard`` and
+``explain``.
 
 Each ``add_<command>`` adds one subcommand's options; each ``_<command>`` runs it.
 """
@@ -94,27 +95,40 @@ def _explore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dashboard(args: argparse.Namespace) -> int:
-    from circuits.dictionaries import load_dictionaries
-    from viz.dashboard import dashboards, default_cache_dir, write_dashboard_html
-
+def _corpus(args: argparse.Namespace, model) -> list[str]:
+    """``--docs`` documents of ``--corpus``: the zoo's language (as long as the model reads,
+    its BOS token included), or a file's non-empty lines."""
     if args.corpus == "zoo":
         from circuits.zoo.language import corpus
 
-        docs = corpus(args.docs, seed=args.seed)
-    else:
-        lines = Path(args.corpus).read_text(encoding="utf-8").splitlines()
-        docs = [line for line in lines if line.strip()][: args.docs]
+        return corpus(args.docs, seed=args.seed, doc_len=min(128, (model.max_positions or 129) - 1))
+    lines = Path(args.corpus).read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line.strip()][: args.docs]
+
+
+def _units(args: argparse.Namespace) -> list[str]:
+    """The NODEs and the feature and neuron nodes of ``--circuit`` (its ``--top`` by |effect|),
+    without positions or repeats."""
     nodes = list(args.nodes)
     if args.circuit:
         from circuits.graph import Circuit
 
         circuit = Circuit.load(args.circuit)
-        nodes += [name for name, _ in circuit.top_nodes(None) if "ε" not in name]
+        units = [name for name, _ in circuit.top_nodes(None) if "ε" not in name]
+        nodes += units[: getattr(args, "top", None)]
     nodes = list(dict.fromkeys(name.split("@", 1)[0] for name in nodes))
     if not nodes:
         raise ValueError("name at least one NODE, or a circuit with --circuit")
+    return nodes
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from circuits.dictionaries import load_dictionaries
+    from viz.dashboard import dashboards, default_cache_dir, write_dashboard_html
+
+    nodes = _units(args)
     model = options.load_model(args)
+    docs = _corpus(args, model)
     boards = dashboards(
         model,
         load_dictionaries(model, args.dictionaries),
@@ -246,6 +260,22 @@ def add_explore(commands: argparse._SubParsersAction, fmt: type) -> None:
     expl.set_defaults(run=_explore)
 
 
+def _corpus_options(parser: argparse.ArgumentParser, cached: str) -> None:
+    """--corpus, --docs, --seed, --batch-size, --cache-dir and --no-cache."""
+    parser.add_argument(
+        "--corpus", default="zoo", help="'zoo' (the zoo's language) or a file, one doc a line"
+    )
+    parser.add_argument("--docs", type=int, default=256, help="number of corpus documents")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the zoo corpus")
+    parser.add_argument("--batch-size", type=int, default=16, help="documents per forward")
+    parser.add_argument(
+        "--cache-dir",
+        help=f"where {cached} are cached (default: $CIRCUITS_CACHE/{cached} or "
+        f"~/.cache/circuits/{cached})" + NO_DEFAULT,
+    )
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+
+
 def add_dashboard(commands: argparse._SubParsersAction, fmt: type) -> None:
     """The ``dashboard`` subcommand's options."""
     dash = commands.add_parser(
@@ -263,22 +293,132 @@ def add_dashboard(commands: argparse._SubParsersAction, fmt: type) -> None:
         metavar="FILE",
         help="also every feature and neuron node of this circuit (positions merged)" + NO_DEFAULT,
     )
-    dash.add_argument(
-        "--corpus", default="zoo", help="'zoo' (the zoo's language) or a file, one doc a line"
-    )
-    dash.add_argument("--docs", type=int, default=256, help="number of corpus documents")
-    dash.add_argument("--seed", type=int, default=1, help="seed of the zoo corpus")
+    _corpus_options(dash, "dashboards")
     dash.add_argument(
         "--contexts", type=positive_int, default=10, metavar="N", help="top contexts per node"
     )
-    dash.add_argument("--batch-size", type=int, default=16, help="documents per forward")
-    dash.add_argument(
-        "--cache-dir",
-        help="where dashboards are cached (default: $CIRCUITS_CACHE/dashboards or "
-        "~/.cache/circuits/dashboards)" + NO_DEFAULT,
-    )
-    dash.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     dash.add_argument("-o", "--out", help="write .html or .json" + NO_DEFAULT)
     dash.set_defaults(out_kind="file", out_suffixes=(".html", ".json"))
     dash.add_argument("--json", action="store_true", help="print the dashboards as JSON")
     dash.set_defaults(run=_dashboard)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from circuits.dictionaries import load_dictionaries
+    from circuits.explain import Settings, default_cache_dir, explain, open_chat, write_explanations
+    from viz.annotations import read_annotations
+
+    nodes = _units(args)
+    given = read_annotations(args.explanations) if args.explanations else None
+    if given is not None:
+        missing = [n for n in nodes if n not in given]
+        if missing:
+            raise ValueError(f"{args.explanations} explains none of {', '.join(missing[:5])}")
+    model = options.load_model(args)
+    docs = _corpus(args, model)
+    explainer = open_chat(args.explainer, model_name=args.explainer_model)
+    scorer = (
+        open_chat(args.scorer, model_name=args.scorer_model)
+        if args.scorer and args.scorer != args.explainer
+        else explainer
+    )
+    records = explain(
+        model,
+        load_dictionaries(model, args.dictionaries),
+        nodes,
+        docs,
+        explainer,
+        scorer=scorer,
+        scores=args.scores,
+        explanations=given,
+        settings=Settings(shown=args.contexts, steer=args.steer, seed=args.seed),
+        batch_size=args.batch_size,
+        cache_dir=None if args.no_cache else Path(args.cache_dir or default_cache_dir()),
+    )
+    if args.out:
+        print(f"wrote {write_explanations(args.out, records)}")
+    if args.json:
+        print(json.dumps(records, indent=1, ensure_ascii=False))
+        return 0
+    for record in records:
+        numbers = []
+        for score, values in record["scores"].items():
+            value = values.get("auroc", values.get("accuracy"))
+            numbers.append(f"{score} {'-' if value is None else f'{value:.2f}'}")
+        print(f"{record['Name']}: {record['Annotation']!r} ({', '.join(numbers)})")
+    return 0
+
+
+def _scores(text: str) -> tuple[str, ...]:
+    from circuits.explain import SCORES
+
+    chosen = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in SCORES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown score {unknown[0]!r}; choose from {', '.join(SCORES)} (comma-separated)"
+        )
+    return chosen
+
+
+def add_explain(commands: argparse._SubParsersAction, fmt: type) -> None:
+    """The ``explain`` subcommand's options."""
+    expl = commands.add_parser(
+        "explain",
+        help="explain features or neurons with a language model, and score the explanations",
+        description="Explain each node from its dashboard (top contexts, tokens marked) with an "
+        "explainer LM, then score the explanation by detection, fuzzing and intervention with a "
+        "scorer LM. Write SFC annotation JSON lines with scores and provenance (-o x.jsonl), "
+        "which `render` and `explore` read with --annotations.",
+        formatter_class=fmt,
+    )
+    model_options(expl)
+    expl.add_argument("nodes", nargs="*", metavar="NODE", help="e.g. resid_2/17" + NO_DEFAULT)
+    expl.add_argument(
+        "--circuit",
+        metavar="FILE",
+        help="also this circuit's feature and neuron nodes" + NO_DEFAULT,
+    )
+    expl.add_argument(
+        "--top", type=positive_int, default=20, metavar="N", help="of --circuit, the N largest"
+    )
+    _corpus_options(expl, "explanations")
+    expl.add_argument(
+        "--explainer",
+        default="smollm2-135m",
+        help="a model `--model` would open (run here), or an OpenAI-compatible API's base URL "
+        "(http://host:port/v1; key from $OPENAI_API_KEY)",
+    )
+    expl.add_argument("--explainer-model", default="default", help="the model name sent to an API")
+    expl.add_argument("--scorer", help="like --explainer (default: the explainer)" + NO_DEFAULT)
+    expl.add_argument("--scorer-model", default="default", help="the model name sent to an API")
+    expl.add_argument(
+        "--scores",
+        type=_scores,
+        default=("detection", "fuzzing", "intervention"),
+        metavar="LIST",
+        help="comma-separated: detection, fuzzing, intervention",
+    )
+    expl.add_argument(
+        "--explanations",
+        metavar="FILE",
+        help="score these explanations (annotation JSON lines) instead of writing new ones"
+        + NO_DEFAULT,
+    )
+    expl.add_argument(
+        "--contexts",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="top contexts shown to the explainer (as many more are held out for scoring)",
+    )
+    expl.add_argument(
+        "--steer",
+        type=float,
+        default=2.0,
+        help="intervention: add this many times the unit's largest activation along it",
+    )
+    expl.add_argument("-o", "--out", help="write JSON lines (.jsonl)" + NO_DEFAULT)
+    expl.set_defaults(out_kind="file", out_suffixes=(".jsonl",))
+    expl.add_argument("--json", action="store_true", help="print the records as JSON")
+    expl.set_defaults(run=_explain)

@@ -1,0 +1,702 @@
+"""Explanations of features and neurons, and scores of how well they predict the unit.
+
+For each feature or neuron node, from its dashboard (`viz.dashboard`: top-activating and random
+contexts, every token with its activation):
+
+1. **Explain.** The top contexts are split by rank: even ranks (0, 2, 4, ...) are shown to the
+   explainer, odd ranks are held out for scoring. A shown context is its text with the tokens
+   where the unit fires marked ``<<like this>>`` (activation above 0 and at least ``mark`` times
+   the context's maximum); the unit's most promoted output tokens follow when the dashboard has
+   them. The explainer answers with one short phrase, greedily.
+2. **Detection.** The scorer reads the explanation and one unmarked context at a time and says
+   whether the unit fires on it: the held-out top contexts (positives) against the random
+   contexts whose maximum is at most ``quiet`` times the unit's largest activation (negatives).
+3. **Fuzzing.** The held-out top contexts, marked: every other one at the tokens where the unit
+   fires (right), the rest at as many tokens drawn among those where it does not (wrong). The
+   scorer says whether the marked tokens fit the explanation.
+4. **Intervention.** The first ``prompt_tokens`` tokens of ``prompts`` corpus documents are
+   continued greedily twice: plainly, and with ``steer`` times the unit's largest activation
+   added along its direction at every position (`circuits.edit.Steer`). The scorer sees the
+   explanation and both continuations, in both orders, and says which one it fits; a prompt
+   whose continuations are equal counts 0.5.
+
+Each judgement is the scorer's probability of the first answer ("Yes", or "A") against the
+second, read from its next-token logits (`LocalChat`) or log-probabilities (`OpenAIChat`). For
+detection and fuzzing the scores are ``auroc`` (the chance that a positive outranks a negative,
+ties half: free of a scorer's bias towards one answer) and ``balanced_accuracy`` (the mean recall
+of both classes, answering "Yes" above probability 0.5); for intervention, ``accuracy`` (the
+mean probability given to the steered continuation). The scorer is shown a few fixed examples of
+the task, about made-up features, before each question (`FEW_SHOT`).
+
+Explainers and scorers are `Chat`s: `LocalChat` runs any causal LM that `circuits.load_model`
+opens (its chat template when it has one), `OpenAIChat` posts to an OpenAI-compatible
+``/chat/completions`` endpoint. Every record keeps the explainer's prompt, both chats'
+descriptions and the settings. Records are cached on disk (key: the dashboard, the chats'
+descriptions, `PROMPT_VERSION` and the settings); ``cache_dir=None`` turns the cache off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from circuits.files import write_text
+from circuits.models import Model
+
+__all__ = [
+    "PROMPT_VERSION",
+    "FEW_SHOT",
+    "Chat",
+    "LocalChat",
+    "OpenAIChat",
+    "Settings",
+    "open_chat",
+    "explain",
+    "score_explanation",
+    "write_explanations",
+    "default_cache_dir",
+]
+
+PROMPT_VERSION = 1
+"""Version of the prompts below (part of the cache key)."""
+
+Messages = list[dict[str, str]]
+
+EXPLAIN_SYSTEM = (
+    "You explain what a unit of a language model responds to. You see texts where it is most "
+    "active, with the tokens where it fires marked <<like this>>. Reply with one short phrase, "
+    "at most 12 words, that says what the marked tokens have in common. Nothing else."
+)
+DETECT_SYSTEM = (
+    "A unit of a language model fires on some texts. Given a description of the unit and a "
+    "text, answer Yes if the unit fires on the text and No if it does not."
+)
+FUZZ_SYSTEM = (
+    "A unit of a language model fires on some tokens. Given a description of the unit and a "
+    "text with some tokens marked <<like this>>, answer Yes if the marked tokens are ones the "
+    "description fits and No if they are not."
+)
+STEER_SYSTEM = (
+    "A unit of a language model was turned up while one of two continuations was written. "
+    "Given a description of the unit, answer A or B: the continuation the description fits "
+    "better."
+)
+EXPLAIN_EXAMPLE = (
+    "1. We ate <<bread>> and <<soup>> for dinner .\n2. She bought <<apples>> at the market .\n"
+    "3. The <<cake>> was sweet .\n\nTokens it makes more likely next: 'eat', 'dinner'",
+    "names of foods",
+)
+"""A worked example the explainer sees before its question."""
+FEW_SHOT = {
+    "detection": [
+        ("words about food and eating", "We ate bread and soup for dinner .", "Yes"),
+        ("words about food and eating", "The car stopped near the bridge .", "No"),
+        ("colours", "The sky turned red and gold .", "Yes"),
+        ("colours", "He wrote a letter to his friend .", "No"),
+    ],
+    "fuzzing": [
+        ("words about food and eating", "We ate <<bread>> and soup .", "Yes"),
+        ("words about food and eating", "We <<ate>> bread and soup .", "No"),
+        ("colours", "The sky turned <<red>> and gold .", "Yes"),
+        ("colours", "The <<sky>> turned red and gold .", "No"),
+    ],
+}
+"""Worked examples the scorer sees before each detection or fuzzing question."""
+
+
+def default_cache_dir() -> Path:
+    """``$CIRCUITS_CACHE/explanations``, else ``~/.cache/circuits/explanations``."""
+    root = os.environ.get("CIRCUITS_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "circuits") / "explanations"
+
+
+# ------------------------------------------------------------------------------------------------
+# Chats: who explains and who scores
+
+
+class Chat(Protocol):
+    """A language model that answers chat messages."""
+
+    def describe(self) -> dict[str, Any]:
+        """What it is, recorded with every explanation and part of the cache key."""
+        ...
+
+    def complete(self, messages: Messages, *, max_tokens: int) -> str:
+        """Its greedy reply to ``messages``."""
+        ...
+
+    def probabilities(
+        self, conversations: Sequence[Messages], answers: tuple[str, str]
+    ) -> list[float]:
+        """For each conversation, the probability of ``answers[0]`` against ``answers[1]`` as
+        the first token of the reply."""
+        ...
+
+
+class LocalChat:
+    """A causal LM run here (``circuits.load_model(...)``) as a `Chat`.
+
+    Messages are rendered with the tokenizer's chat template (its generation prompt opened);
+    a tokenizer without one gets ``"role: content"`` lines and ``"assistant:"``. Probabilities
+    come from one batched forward: the logits of each answer's first token at the last position,
+    softmaxed over the two answers.
+    """
+
+    def __init__(self, model: Model, *, name: str | None = None, batch_size: int = 8):
+        self.model, self.name, self.batch_size = model, name, batch_size
+        self._fingerprint: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            self._fingerprint = self.model.fingerprint()
+        return {
+            "kind": "local",
+            "model": self.name or repr(self.model),
+            "sha256": self._fingerprint,
+        }
+
+    def _render(self, messages: Messages) -> tuple[str, bool]:
+        """(text, whether the text already holds its special tokens)."""
+        tokenizer = self.model.tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return text, True
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join([*lines, "assistant:"]), False
+
+    def complete(self, messages: Messages, *, max_tokens: int) -> str:
+        text, templated = self._render(messages)
+        batch = self.model.tokenize([text], add_special_tokens=not templated)
+        inputs = self.model.inputs(batch)
+        with torch.no_grad():
+            out = self.model.torch_model.generate(
+                **inputs,
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=self.model.tokenizer.pad_token_id or self.model.tokenizer.eos_token_id,
+            )
+        new = out[0, batch.input_ids.shape[1] :].tolist()
+        return self.model.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    def probabilities(
+        self, conversations: Sequence[Messages], answers: tuple[str, str]
+    ) -> list[float]:
+        tokenizer = self.model.tokenizer
+        ids = [tokenizer.encode(a, add_special_tokens=False)[0] for a in answers]
+        if ids[0] == ids[1]:
+            raise ValueError(f"the answers {answers} start with the same token")
+        result: list[float] = []
+        for start in range(0, len(conversations), self.batch_size):
+            rendered = [self._render(c) for c in conversations[start : start + self.batch_size]]
+            batch = self.model.tokenize(
+                [text for text, _ in rendered], add_special_tokens=not rendered[0][1]
+            )
+            with torch.no_grad():
+                logits = self.model.forward(batch)  # [batch, pos, vocab]
+            last = logits[torch.arange(len(rendered)), batch.last][:, ids].float()  # [batch, 2]
+            result += last.softmax(-1)[:, 0].tolist()
+        return result
+
+
+class OpenAIChat:
+    """An OpenAI-compatible chat endpoint (``{url}/chat/completions``) as a `Chat`.
+
+    Replies are greedy (temperature 0, seed 0). Probabilities ask for the first token's top
+    log-probabilities and softmax the two answers' (matched without case or surrounding space);
+    a server that returns none is read from its text instead: 1 or 0 when the reply starts with
+    one answer, 0.5 when with neither.
+
+    Args:
+        url: The API's base, e.g. ``http://127.0.0.1:8000/v1``.
+        model: The model name the server is asked for.
+        api_key: Sent as a bearer token; default ``$OPENAI_API_KEY`` (none when unset).
+        timeout: Seconds per request.
+    """
+
+    def __init__(
+        self, url: str, model: str = "default", *, api_key: str | None = None, timeout: float = 120
+    ):
+        self.url, self.model, self.timeout = url.rstrip("/"), model, timeout
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "openai", "url": self.url, "model": self.model}
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(
+            f"{self.url}/chat/completions", json.dumps(body).encode(), headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                reply = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            detail = error.read()[:300].decode("utf-8", "replace")
+            raise ConnectionError(f"{self.url}: HTTP {error.code}: {detail}") from None
+        except (urllib.error.URLError, TimeoutError) as error:
+            reason = getattr(error, "reason", error)
+            raise ConnectionError(
+                f"{self.url}: {reason}; is an OpenAI-compatible server listening there?"
+            ) from None
+        except json.JSONDecodeError:
+            raise ConnectionError(f"{self.url}: the reply is not JSON") from None
+        if not isinstance(reply, dict) or not reply.get("choices"):
+            raise ConnectionError(f"{self.url}: the reply has no choices: {str(reply)[:200]}")
+        return reply["choices"][0]
+
+    def complete(self, messages: Messages, *, max_tokens: int) -> str:
+        choice = self._post(
+            {
+                "model": self.model,
+                "messages": messages,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "seed": 0,
+            }
+        )
+        return (choice.get("message") or {}).get("content", "").strip()
+
+    def probabilities(
+        self, conversations: Sequence[Messages], answers: tuple[str, str]
+    ) -> list[float]:
+        wanted = [a.strip().lower() for a in answers]
+        result = []
+        for messages in conversations:
+            choice = self._post(
+                {
+                    "model": self.model,
+                    "messages": messages,
+                    "max_tokens": 1,
+                    "temperature": 0,
+                    "seed": 0,
+                    "logprobs": True,
+                    "top_logprobs": 10,
+                }
+            )
+            content = ((choice.get("logprobs") or {}).get("content")) or []
+            tops = content[0].get("top_logprobs") or [] if content else []
+            found = [-math.inf, -math.inf]
+            for top in tops:
+                token = str(top.get("token", "")).strip().lower()
+                if token in wanted:
+                    at = wanted.index(token)
+                    found[at] = max(found[at], float(top["logprob"]))
+            if max(found) > -math.inf:
+                result.append(float(torch.tensor(found).softmax(0)[0]))
+                continue
+            text = (choice.get("message") or {}).get("content", "").strip().lower()
+            result.append(
+                1.0 if text.startswith(wanted[0]) else 0.0 if text.startswith(wanted[1]) else 0.5
+            )
+        return result
+
+
+def open_chat(source: str, *, model_name: str = "default", **load: Any) -> Chat:
+    """``http(s)://...``: an `OpenAIChat` asking for ``model_name``; anything else: a
+    `LocalChat` of ``circuits.load_model(source, **load)``."""
+    if source.startswith(("http://", "https://")):
+        return OpenAIChat(source, model_name)
+    from circuits.models import load_model
+
+    return LocalChat(load_model(source, **load), name=source)
+
+
+# ------------------------------------------------------------------------------------------------
+# Contexts as text
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What shapes an explanation and its scores (recorded, and part of the cache key).
+
+    Attributes:
+        shown: Top contexts shown to the explainer (even ranks); as many odd ranks are held out.
+        negatives: Random contexts drawn from the corpus for detection's negatives.
+        mark: A token is marked where its activation is above 0 and at least ``mark`` times its
+            context's maximum.
+        quiet: A random context is a negative when its maximum is at most ``quiet`` times the
+            unit's largest activation.
+        prompts: Intervention prompts (corpus documents).
+        prompt_tokens: Tokens of each intervention prompt.
+        new_tokens: Tokens generated after each.
+        steer: The intervention adds ``steer`` times the unit's largest activation along its
+            direction.
+        max_tokens: Longest explanation, in tokens.
+        seed: Draws the negatives, the wrongly marked tokens and the prompts.
+    """
+
+    shown: int = 10
+    negatives: int = 40
+    mark: float = 0.5
+    quiet: float = 0.1
+    prompts: int = 8
+    prompt_tokens: int = 8
+    new_tokens: int = 12
+    steer: float = 2.0
+    max_tokens: int = 32
+    seed: int = 0
+
+
+def _text(
+    tokens: Sequence[str], marked: set[int] = frozenset(), skip: set[str] = frozenset()
+) -> str:
+    """Tokens as text, those at ``marked`` wrapped in ``<<>>``. Tokens that carry their own
+    leading space (BPE) are concatenated; word-level tokens are joined with spaces."""
+    spaced = any(t[:1].isspace() for t in tokens[1:])
+    parts = []
+    for i, token in enumerate(tokens):
+        if token in skip:
+            continue
+        if i in marked:
+            bare = token.lstrip()
+            token = f"{token[: len(token) - len(bare)]}<<{bare}>>"
+        parts.append(token)
+    return ("" if spaced else " ").join(parts).strip()
+
+
+def _firing(context: Mapping[str, Any], mark: float) -> set[int]:
+    """Indices of the context's tokens where the unit fires (see `Settings.mark`)."""
+    acts = context["activations"]
+    top = max(acts, default=0.0)
+    return {i for i, a in enumerate(acts) if a > 0 and a >= mark * top}
+
+
+def _explainer_messages(
+    board: Mapping[str, Any], shown: Sequence[Mapping], settings: Settings, skip
+) -> Messages:
+    lines = [
+        f"{i}. {_text(c['tokens'], _firing(c, settings.mark), skip)}"
+        for i, c in enumerate(shown, 1)
+    ]
+    promoted = board.get("promoted") or []
+    if promoted:
+        tokens = ", ".join(repr(p["token"].strip() or p["token"]) for p in promoted[:10])
+        lines.append(f"\nTokens it makes more likely next: {tokens}")
+    return [
+        {"role": "system", "content": EXPLAIN_SYSTEM},
+        {"role": "user", "content": EXPLAIN_EXAMPLE[0]},
+        {"role": "assistant", "content": EXPLAIN_EXAMPLE[1]},
+        {"role": "user", "content": "\n".join(lines)},
+    ]
+
+
+def _first_phrase(reply: str) -> str:
+    """The explanation in a reply: its first non-empty line, without a list number or marks."""
+    line = next((x.strip() for x in reply.splitlines() if x.strip()), "")
+    return re.sub(r"^\d+[.)]\s*", "", line).replace("<<", "").replace(">>", "").strip()
+
+
+def _question(
+    system: str, shots: Sequence[tuple[str, str, str]], explanation: str, text: str
+) -> Messages:
+    messages = [{"role": "system", "content": system}]
+    for description, example, answer in shots:
+        messages += [
+            {"role": "user", "content": f"Description: {description}\nText: {example}"},
+            {"role": "assistant", "content": answer},
+        ]
+    return [*messages, {"role": "user", "content": f"Description: {explanation}\nText: {text}"}]
+
+
+# ------------------------------------------------------------------------------------------------
+# Scores
+
+
+def _auroc(positive: Sequence[float], negative: Sequence[float]) -> float | None:
+    if not positive or not negative:
+        return None
+    p, n = torch.tensor(positive)[:, None], torch.tensor(negative)[None, :]
+    return float(((p > n).float() + 0.5 * (p == n).float()).mean())
+
+
+def _classification(positive: Sequence[float], negative: Sequence[float]) -> dict[str, Any]:
+    if not positive or not negative:
+        return {
+            "auroc": None,
+            "balanced_accuracy": None,
+            "positives": len(positive),
+            "negatives": len(negative),
+        }
+    recall_pos = sum(p > 0.5 for p in positive) / len(positive)
+    recall_neg = sum(p <= 0.5 for p in negative) / len(negative)
+    return {
+        "auroc": _auroc(positive, negative),
+        "balanced_accuracy": (recall_pos + recall_neg) / 2,
+        "positives": len(positive),
+        "negatives": len(negative),
+    }
+
+
+def _held_out(board: Mapping[str, Any], settings: Settings) -> tuple[list, list]:
+    """(shown, held-out) top contexts: even and odd ranks."""
+    contexts = board.get("contexts") or []
+    return contexts[0 : 2 * settings.shown : 2], contexts[1 : 2 * settings.shown : 2]
+
+
+def _detection(board, explanation, scorer: Chat, settings: Settings, skip) -> dict[str, Any]:
+    _, held = _held_out(board, settings)
+    top = board.get("max_activation") or 0.0
+    negatives = [c for c in board.get("random") or [] if c["max"] <= settings.quiet * top]
+    texts = [_text(c["tokens"], skip=skip) for c in held + negatives]
+    probs = scorer.probabilities(
+        [_question(DETECT_SYSTEM, FEW_SHOT["detection"], explanation, t) for t in texts],
+        ("Yes", "No"),
+    )
+    return _classification(probs[: len(held)], probs[len(held) :])
+
+
+def _fuzzing(board, explanation, scorer: Chat, settings: Settings, skip) -> dict[str, Any]:
+    _, held = _held_out(board, settings)
+    rng = random.Random(settings.seed)
+    texts, right = [], []
+    for i, context in enumerate(held):
+        firing = _firing(context, settings.mark)
+        others = [
+            j
+            for j in range(len(context["tokens"]))
+            if j not in firing and context["tokens"][j] not in skip
+        ]
+        if i % 2 == 0 or len(others) < len(firing):
+            texts.append(_text(context["tokens"], firing, skip))
+            right.append(True)
+        else:
+            texts.append(_text(context["tokens"], set(rng.sample(others, len(firing))), skip))
+            right.append(False)
+    probs = scorer.probabilities(
+        [_question(FUZZ_SYSTEM, FEW_SHOT["fuzzing"], explanation, t) for t in texts], ("Yes", "No")
+    )
+    return _classification(
+        [p for p, r in zip(probs, right, strict=True) if r],
+        [p for p, r in zip(probs, right, strict=True) if not r],
+    )
+
+
+def _plain_continuations(
+    model: Model, corpus: Sequence[str], settings: Settings
+) -> tuple[torch.Tensor, list[list[int]]]:
+    """Intervention prompts ``[prompts, prompt_tokens]`` (the first tokens of corpus documents
+    drawn with the seed, all of one length, so no padding) and their plain continuations."""
+    if not corpus:
+        raise ValueError("intervention scoring needs a corpus for its prompts")
+    rng = random.Random(settings.seed)
+    docs = rng.sample(list(corpus), min(settings.prompts, len(corpus)))
+    ids = [model.tokenize([d]).input_ids[0] for d in docs]
+    n = min(settings.prompt_tokens, *(len(i) for i in ids))
+    prompts = torch.stack([i[:n] for i in ids])
+    return prompts, _continue(model, prompts, settings)
+
+
+def _continue(model: Model, prompts: torch.Tensor, settings: Settings) -> list[list[int]]:
+    with torch.no_grad():
+        out = model.torch_model.generate(
+            prompts.to(model.device),
+            attention_mask=torch.ones_like(prompts).to(model.device),
+            max_new_tokens=settings.new_tokens,
+            do_sample=False,
+            pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id or 0,
+        )
+    return out[:, prompts.shape[1] :].tolist()
+
+
+def _intervention(
+    model, dictionaries, board, explanation, scorer: Chat, settings: Settings, prompts, plain
+) -> dict[str, Any]:
+    from circuits.edit import Steer, edited
+
+    scale = settings.steer * (board.get("max_activation") or 1.0)
+    with edited(model, dictionaries, [Steer(board["node"], scale)]):
+        steered = _continue(model, prompts, settings)
+    tokenizer = model.tokenizer
+
+    def text(ids: list[int]) -> str:
+        return _text([tokenizer.decode([i]) for i in ids], skip=set(tokenizer.all_special_tokens))
+
+    changed = [i for i in range(len(prompts)) if steered[i] != plain[i]]
+    questions = []
+    for i in changed:
+        a, b = text(steered[i]), text(plain[i])
+        for first, second in ((a, b), (b, a)):
+            questions.append(
+                [
+                    {"role": "system", "content": STEER_SYSTEM},
+                    {
+                        "role": "user",
+                        "content": f"Description: {explanation}\nA: {first}\nB: {second}",
+                    },
+                ]
+            )
+    probs = scorer.probabilities(questions, ("A", "B")) if questions else []
+    per_prompt = [0.5] * len(prompts)
+    for k, i in enumerate(changed):
+        per_prompt[i] = (probs[2 * k] + 1 - probs[2 * k + 1]) / 2
+    return {
+        "accuracy": sum(per_prompt) / len(per_prompt),
+        "prompts": len(prompts),
+        "changed": len(changed),
+        "scale": scale,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline
+
+
+SCORES = ("detection", "fuzzing", "intervention")
+
+
+def score_explanation(
+    model: Model,
+    dictionaries: Mapping[str, Any],
+    board: Mapping[str, Any],
+    explanation: str,
+    scorer: Chat,
+    *,
+    corpus: Sequence[str] = (),
+    scores: Sequence[str] = SCORES,
+    settings: Settings = Settings(),
+    plain: tuple[torch.Tensor, list[list[int]]] | None = None,
+) -> dict[str, Any]:
+    """Score one explanation of ``board``'s unit (module docstring): ``{score name: numbers}``.
+
+    Args:
+        corpus: Where the intervention prompts come from (needed only for ``"intervention"``).
+        plain: The prompts and their plain continuations, when already computed for
+            ``corpus`` and ``settings`` (they do not depend on the unit).
+    """
+    unknown = set(scores) - set(SCORES)
+    if unknown:
+        raise ValueError(f"unknown scores {sorted(unknown)}; choose from {', '.join(SCORES)}")
+    skip = set(model.tokenizer.all_special_tokens)
+    result: dict[str, Any] = {}
+    if "detection" in scores:
+        result["detection"] = _detection(board, explanation, scorer, settings, skip)
+    if "fuzzing" in scores:
+        result["fuzzing"] = _fuzzing(board, explanation, scorer, settings, skip)
+    if "intervention" in scores:
+        if plain is None:
+            plain = _plain_continuations(model, corpus, settings)
+        result["intervention"] = _intervention(
+            model, dictionaries, board, explanation, scorer, settings, *plain
+        )
+    return result
+
+
+def explain(
+    model: Model,
+    dictionaries: Mapping[str, Any],
+    nodes: Sequence[str],
+    corpus: Sequence[str],
+    explainer: Chat,
+    *,
+    scorer: Chat | None = None,
+    scores: Sequence[str] = SCORES,
+    explanations: Mapping[str, str] | None = None,
+    settings: Settings = Settings(),
+    batch_size: int = 16,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Explain and score feature or neuron ``nodes`` (module docstring).
+
+    Args:
+        model: The model whose units are explained.
+        dictionaries: ``{submodule: Dictionary}`` covering the nodes (``"neurons"`` for neurons).
+        nodes: Node names; a position suffix is ignored, repeats are dropped.
+        corpus: Documents for the dashboards and the intervention prompts.
+        explainer: Writes the explanations.
+        scorer: Judges them (default: the explainer).
+        scores: Which of ``detection``, ``fuzzing``, ``intervention`` to compute.
+        explanations: ``{node: text}`` to score instead of asking the explainer (e.g. written
+            by hand, or another node's as a control).
+        settings: See `Settings`.
+        batch_size: Corpus documents per forward of the dashboards.
+        cache_dir: Where records are cached (None: no cache).
+
+    Returns:
+        One record per node: ``Name``, ``Annotation`` (the explanation: SFC's annotation
+        JSON lines, which `viz.annotations` and every diagram read), ``scores``, ``prompt``
+        (the explainer's messages, or None for a given explanation), ``explainer``,
+        ``scorer`` (their descriptions), ``settings``, ``version``.
+    """
+    from viz.dashboard import dashboards
+
+    scorer = scorer or explainer
+    names = list(dict.fromkeys(n.split("@", 1)[0] for n in nodes))
+    if not names:
+        raise ValueError("name at least one feature or neuron node to explain")
+    boards = dashboards(
+        model,
+        dictionaries,
+        names,
+        corpus,
+        top_k=2 * settings.shown,
+        random_k=settings.negatives,
+        seed=settings.seed,
+        batch_size=batch_size,
+        cache_dir=None if cache_dir is None else Path(cache_dir).parent / "dashboards",
+    )
+    skip = set(model.tokenizer.all_special_tokens)
+    described = {"explainer": explainer.describe(), "scorer": scorer.describe()}
+    plain = None
+    records = []
+    for name, board in boards.items():
+        given = (explanations or {}).get(name)
+        key = hashlib.sha256(
+            json.dumps(
+                [PROMPT_VERSION, board, described, asdict(settings), sorted(scores), given],
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+        path = Path(cache_dir) / f"{key}.json" if cache_dir is not None else None
+        if path is not None and path.exists():
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+            continue
+        shown, _ = _held_out(board, settings)
+        messages = None
+        if given is None:
+            if not shown:
+                raise ValueError(f"{name} never fires on the corpus; there is nothing to explain")
+            messages = _explainer_messages(board, shown, settings, skip)
+            given = _first_phrase(explainer.complete(messages, max_tokens=settings.max_tokens))
+        if "intervention" in scores and plain is None:
+            plain = _plain_continuations(model, corpus, settings)
+        result = score_explanation(
+            model, dictionaries, board, given, scorer, scores=scores, settings=settings, plain=plain
+        )
+        record = {
+            "Name": name,
+            "Annotation": given,
+            "scores": result,
+            "prompt": messages,
+            **described,
+            "settings": {**asdict(settings), "temperature": 0, "scores": list(scores)},
+            "version": PROMPT_VERSION,
+        }
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, json.dumps(record, ensure_ascii=False))
+        records.append(record)
+    return records
+
+
+def write_explanations(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> Path:
+    """Write records as JSON lines: SFC's annotation format with the scores and provenance as
+    extra keys (``circuits render --annotations``, ``circuits explore --annotations``)."""
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    write_text(path, "\n".join(lines) + "\n")
+    return Path(path)
