@@ -304,8 +304,9 @@ def add_dashboard(commands: argparse._SubParsersAction, fmt: type) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from circuits.chat import open_chat
     from circuits.dictionaries import load_dictionaries
-    from circuits.explain import Settings, default_cache_dir, explain, open_chat, write_explanations
+    from circuits.explain import Settings, default_cache_dir, explain, write_explanations
     from viz.annotations import read_annotations
 
     nodes = _units(args)
