@@ -84,12 +84,6 @@ STEER_SYSTEM = (
     "Given a description of the unit, answer A or B: the continuation the description fits "
     "better."
 )
-EXPLAIN_EXAMPLE = (
-    "1. We ate <<bread>> and <<soup>> for dinner .\n2. She bought <<apples>> at the market .\n"
-    "3. The <<cake>> was sweet .\n\nTokens it makes more likely next: 'eat', 'dinner'",
-    "names of foods",
-)
-"""A worked example the explainer sees before its question."""
 FEW_SHOT = {
     "detection": [
         ("words about food and eating", "We ate bread and soup for dinner .", "Yes"),
@@ -186,8 +180,6 @@ def _explainer_messages(
         lines.append(f"\nTokens it makes more likely next: {tokens}")
     return [
         {"role": "system", "content": EXPLAIN_SYSTEM},
-        {"role": "user", "content": EXPLAIN_EXAMPLE[0]},
-        {"role": "assistant", "content": EXPLAIN_EXAMPLE[1]},
         {"role": "user", "content": "\n".join(lines)},
     ]
 
