@@ -413,7 +413,8 @@ def explain(
             by hand, or another node's as a control).
         settings: See `Settings`.
         batch_size: Corpus documents per forward of the dashboards.
-        cache_dir: Where records are cached (None: no cache).
+        cache_dir: Where records are cached, and their dashboards in its ``dashboards``
+            folder (None: no cache).
 
     Returns:
         One record per node: ``Name``, ``Annotation`` (the explanation: SFC's annotation
@@ -436,7 +437,7 @@ def explain(
         random_k=settings.negatives,
         seed=settings.seed,
         batch_size=batch_size,
-        cache_dir=None if cache_dir is None else Path(cache_dir).parent / "dashboards",
+        cache_dir=None if cache_dir is None else Path(cache_dir) / "dashboards",
     )
     skip = set(model.tokenizer.all_special_tokens)
     described = {"explainer": explainer.describe(), "scorer": scorer.describe()}
