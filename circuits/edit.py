@@ -50,7 +50,8 @@ from torch import Tensor
 from circuits.ablation import AblationValues, ablation_values, keep_nodes
 from circuits.dictionaries import Dictionary
 from circuits.graph import OUTPUT, Circuit, parse_node_name
-from circuits.models import Model, _first, _replace_first
+from circuits.models import Model
+from circuits.models.model import _first, _replace_first
 
 __all__ = ["Ablate", "Clamp", "Steer", "Edit", "edited", "read_nodes", "next_token_change"]
 

@@ -69,7 +69,8 @@ from circuits.dictionaries import Dictionary
 from circuits.dictionaries.base import Identity
 from circuits.edit import Ablate, edited
 from circuits.graph import ERROR, node_name, parse_node_name
-from circuits.models import Batch, Model, _first
+from circuits.models import Batch, Model
+from circuits.models.model import _first
 from circuits.tasks import LabelledText
 
 __all__ = [

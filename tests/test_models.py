@@ -15,7 +15,15 @@ import torch
 from conftest import TINY_FAMILIES, build_tiny_model, make_tiny_config, make_tiny_tokenizer
 
 from circuits import models
-from circuits.models import Architecture, Site, Submodule, load_model, register_architecture
+from circuits.models import (
+    Architecture,
+    Site,
+    Submodule,
+    families,
+    load_model,
+    loading,
+    register_architecture,
+)
 
 PROMPTS = ["the teachers near the desk are", "the cat", "a dog sat on the mat that was"]
 
@@ -401,11 +409,11 @@ def test_unknown_hub_name_offline(monkeypatch):
 
 
 def test_zoo_source(monkeypatch, tmp_path, tiny_model_dir):
-    monkeypatch.setattr(models, "ZOO_MODEL_DIR", tmp_path / "zoo" / "data" / "model")
+    monkeypatch.setattr(loading, "ZOO_MODEL_DIR", tmp_path / "zoo" / "data" / "model")
     with pytest.raises(FileNotFoundError, match="circuits zoo build"):
         load_model("zoo")
-    monkeypatch.setattr(models, "ZOO_MODEL_DIR", tiny_model_dir("gpt_neox"))
-    assert models._resolve_source("zoo") == str(tiny_model_dir("gpt_neox"))
+    monkeypatch.setattr(loading, "ZOO_MODEL_DIR", tiny_model_dir("gpt_neox"))
+    assert loading._resolve_source("zoo") == str(tiny_model_dir("gpt_neox"))
     assert load_model("zoo").architecture.name == "gpt_neox"
 
 
@@ -477,7 +485,7 @@ def test_device_map_option_errors(tiny_model_dir, capsys):
 def test_unknown_architecture_then_registered(monkeypatch):
     import transformers
 
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(families, "_REGISTRY", dict(families._REGISTRY))
     config = transformers.GPTJConfig(
         vocab_size=24,
         n_embd=32,
@@ -519,7 +527,7 @@ def test_unknown_architecture_then_registered(monkeypatch):
 def test_rows_that_do_not_fit_the_model_are_rejected(monkeypatch, tiny_model_dir):
     import transformers
 
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(families, "_REGISTRY", dict(families._REGISTRY))
     # OPT's fc2 runs on flattened [batch * pos, d] rows, so it is no [batch, pos, width] site.
     config = transformers.OPTConfig(
         vocab_size=24,
