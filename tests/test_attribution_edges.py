@@ -27,8 +27,9 @@ from attribution import (
     run_spliced,
     wiring,
 )
-from attribution.edges import _decoder_rows, _held_fixed, _kept_encoder, _kept_nodes
 from attribution.ig import _mean_over_steps, _path
+from attribution.kept import _kept_nodes
+from attribution.passes import _decoder_rows, _held_fixed, _kept_encoder
 from attribution.splice import repeat_batch
 from circuits.dictionaries import SAE, BatchTopK, GatedSAE, Identity, JumpReLU, ReLU, TopK
 from circuits.graph import Circuit, parse_node_name
