@@ -27,7 +27,8 @@ from circuits.dictionaries import (
     load_dictionaries,
     train_dictionaries,
 )
-from circuits.dictionaries.training import _Corpus, _lr_factor, _Trainee
+from circuits.dictionaries.trainee import _lr_factor, _Trainee
+from circuits.dictionaries.training import _Corpus
 from circuits.models import load_model
 from circuits.tasks import Task
 
