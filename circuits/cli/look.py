@@ -260,6 +260,20 @@ def add_explore(commands: argparse._SubParsersAction, fmt: type) -> None:
     expl.set_defaults(run=_explore)
 
 
+def _unit_options(parser: argparse.ArgumentParser, *, top: int | None = None) -> None:
+    """NODE..., --circuit and, with a default ``top``, --top: what `_units` reads."""
+    parser.add_argument("nodes", nargs="*", metavar="NODE", help="e.g. resid_2/17" + NO_DEFAULT)
+    parser.add_argument(
+        "--circuit",
+        metavar="FILE",
+        help="also every feature and neuron node of this circuit (positions merged)" + NO_DEFAULT,
+    )
+    if top is not None:
+        parser.add_argument(
+            "--top", type=positive_int, default=top, metavar="N", help="of --circuit, the N largest"
+        )
+
+
 def _corpus_options(parser: argparse.ArgumentParser, cached: str) -> None:
     """--corpus, --docs, --seed, --batch-size, --cache-dir and --no-cache."""
     parser.add_argument(
@@ -287,12 +301,7 @@ def add_dashboard(commands: argparse._SubParsersAction, fmt: type) -> None:
         formatter_class=fmt,
     )
     model_options(dash)
-    dash.add_argument("nodes", nargs="*", metavar="NODE", help="e.g. resid_2/17" + NO_DEFAULT)
-    dash.add_argument(
-        "--circuit",
-        metavar="FILE",
-        help="also every feature and neuron node of this circuit (positions merged)" + NO_DEFAULT,
-    )
+    _unit_options(dash)
     _corpus_options(dash, "dashboards")
     dash.add_argument(
         "--contexts", type=positive_int, default=10, metavar="N", help="top contexts per node"
@@ -314,7 +323,7 @@ def _explain(args: argparse.Namespace) -> int:
     if given is not None:
         missing = [n for n in nodes if n not in given]
         if missing:
-            raise ValueError(f"{args.explanations} explains none of {', '.join(missing[:5])}")
+            raise ValueError(f"{args.explanations} has no explanation for {', '.join(missing[:5])}")
     model = options.load_model(args)
     docs = _corpus(args, model)
     explainer = open_chat(args.explainer, model_name=args.explainer_model)
@@ -374,15 +383,7 @@ def add_explain(commands: argparse._SubParsersAction, fmt: type) -> None:
         formatter_class=fmt,
     )
     model_options(expl)
-    expl.add_argument("nodes", nargs="*", metavar="NODE", help="e.g. resid_2/17" + NO_DEFAULT)
-    expl.add_argument(
-        "--circuit",
-        metavar="FILE",
-        help="also this circuit's feature and neuron nodes" + NO_DEFAULT,
-    )
-    expl.add_argument(
-        "--top", type=positive_int, default=20, metavar="N", help="of --circuit, the N largest"
-    )
+    _unit_options(expl, top=20)
     _corpus_options(expl, "explanations")
     expl.add_argument(
         "--explainer",
