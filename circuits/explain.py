@@ -348,6 +348,12 @@ def _intervention(
 SCORES = ("detection", "fuzzing", "intervention")
 
 
+def _check_scores(scores: Sequence[str]) -> None:
+    unknown = set(scores) - set(SCORES)
+    if unknown:
+        raise ValueError(f"unknown scores {sorted(unknown)}; choose from {', '.join(SCORES)}")
+
+
 def score_explanation(
     model: Model,
     dictionaries: Mapping[str, Any],
@@ -367,9 +373,7 @@ def score_explanation(
         plain: The prompts and their plain continuations, when already computed for
             ``corpus`` and ``settings`` (they do not depend on the unit).
     """
-    unknown = set(scores) - set(SCORES)
-    if unknown:
-        raise ValueError(f"unknown scores {sorted(unknown)}; choose from {', '.join(SCORES)}")
+    _check_scores(scores)
     skip = set(model.tokenizer.all_special_tokens)
     result: dict[str, Any] = {}
     if "detection" in scores:
@@ -424,6 +428,7 @@ def explain(
     """
     from viz.dashboard import dashboards
 
+    _check_scores(scores)
     scorer = scorer or explainer
     names = list(dict.fromkeys(n.split("@", 1)[0] for n in nodes))
     if not names:
@@ -439,6 +444,16 @@ def explain(
         batch_size=batch_size,
         cache_dir=None if cache_dir is None else Path(cache_dir) / "dashboards",
     )
+    silent = [
+        n
+        for n, b in boards.items()
+        if (b.get("max_activation") or 0.0) <= 0.0 and n not in (explanations or {})
+    ]
+    if silent:
+        raise ValueError(
+            f"{', '.join(silent[:5])} never fire on this corpus, so there is nothing to explain; "
+            "leave them out or give a corpus where they fire"
+        )
     skip = set(model.tokenizer.all_special_tokens)
     described = {"explainer": explainer.describe(), "scorer": scorer.describe()}
     plain = None
@@ -458,8 +473,6 @@ def explain(
         shown, _ = _held_out(board, settings)
         messages = None
         if given is None:
-            if not shown:
-                raise ValueError(f"{name} never fires on the corpus; there is nothing to explain")
             messages = _explainer_messages(board, shown, settings, skip)
             given = _first_phrase(explainer.complete(messages, max_tokens=settings.max_tokens))
         if "intervention" in scores and plain is None:

@@ -22,6 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import nnsight
 import pytest
 import torch
 from conftest import requires_smollm2
@@ -178,6 +179,24 @@ def test_intervention_scores_the_steered_continuation(zoo):
     )  # fmt: skip
     assert still["changed"] == 0 and still["accuracy"] == 0.5
     assert steered["changed"] >= 2 and steered["accuracy"] >= 0.75
+
+
+def test_a_unit_that_never_fires_is_refused_before_any_question(zoo, known):
+    model, dictionaries, docs = zoo
+    texts = docs[:4]
+    batch = model.tokenize(texts)
+    with torch.no_grad():
+        with model.trace(batch):
+            x = nnsight.save(model.read("resid_1"))
+        acts = dictionaries["resid_1"].encode(x)[batch.attention_mask.bool()]  # [tokens, width]
+    silent = f"resid_1/{int(acts.max(0).values.argmin())}"
+    assert float(acts.max(0).values.min()) <= 0
+    chat = KeywordChat()
+    with pytest.raises(ValueError, match=f"{silent} never fire on this corpus"):
+        explain(model, dictionaries, [known["that"], silent], texts, chat, scores=("detection",))
+    assert chat.calls == 0
+    with pytest.raises(ValueError, match="unknown scores"):
+        explain(model, dictionaries, [known["that"]], texts, chat, scores=("detect",))
 
 
 def test_records_are_cached_and_a_change_of_settings_misses(zoo, known, tmp_path):
