@@ -18,6 +18,7 @@ from circuits.cli.options import (
     evaluation_options,
     model_options,
     output_options,
+    remote_option,
     task_options,
 )
 from circuits.tasks import SPLITS
@@ -349,6 +350,7 @@ def add_discover(commands: argparse._SubParsersAction, fmt: type) -> None:
         formatter_class=fmt,
     )
     model_options(disc)
+    remote_option(disc)
     task_options(disc)
     disc.add_argument(
         "--method",
@@ -429,6 +431,7 @@ def add_evaluate(commands: argparse._SubParsersAction, fmt: type) -> None:
         formatter_class=fmt,
     )
     model_options(ev)
+    remote_option(ev)
     ev.add_argument("circuit", help="a circuit file saved by `circuits discover`")
     task_options(ev)
     ev.add_argument("--metric", choices=list(METRIC_NAMES), help="as for discover" + NO_DEFAULT)

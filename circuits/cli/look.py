@@ -15,6 +15,7 @@ from circuits.cli.options import (
     NO_DEFAULT,
     model_options,
     positive_int,
+    remote_option,
 )
 from circuits.files import write_text
 
@@ -301,6 +302,7 @@ def add_dashboard(commands: argparse._SubParsersAction, fmt: type) -> None:
         formatter_class=fmt,
     )
     model_options(dash)
+    remote_option(dash)
     _unit_options(dash)
     _corpus_options(dash, "dashboards")
     dash.add_argument(

@@ -27,6 +27,24 @@ def load_model(args: argparse.Namespace):
         max_memory=_devices(_json_option(args.max_memory, "--max-memory")),
         offload_folder=args.offload_folder,
         trust_remote_code=args.trust_remote_code,
+        remote=_remote(getattr(args, "remote", None)),
+    )
+
+
+def _remote(text: str | None) -> bool | str:
+    """--remote's value as `circuits.load_model` takes it: ``ndif`` means nnsight's host."""
+    return False if text is None else True if text == "ndif" else text
+
+
+def remote_option(parser: argparse.ArgumentParser) -> None:
+    """--remote, for the commands whose every forward is an nnsight trace."""
+    parser.add_argument(
+        "--remote",
+        metavar="WHERE",
+        help="run the model's traces through nnsight's remote path: 'local' (a dry run here: "
+        "each trace serialised as for NDIF and run with this package's modules hidden), "
+        "'ndif' (nnsight's configured host; key from its config or NDIF_API_KEY) or a host "
+        "URL" + NO_DEFAULT,
     )
 
 

@@ -44,6 +44,19 @@ def _resolve_source(source: str) -> str:
     return str(ZOO_MODEL_DIR)
 
 
+def _resolve_remote(remote: bool | str | None) -> bool | str:
+    """False, True, ``"local"`` or an ``http(s)://`` host URL."""
+    if remote is None or isinstance(remote, bool):
+        return bool(remote)
+    if remote == "local" or (
+        isinstance(remote, str) and remote.startswith(("http://", "https://"))
+    ):
+        return remote
+    raise ValueError(
+        f"remote must be False, True (NDIF), 'local' (a dry run here) or a host URL, got {remote!r}"
+    )
+
+
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -199,6 +212,7 @@ def load_model(
     architecture: Architecture | str | None = None,
     tokenizer: Any = None,
     trust_remote_code: bool = False,
+    remote: bool | str = False,
 ) -> Model:
     """Load or wrap a causal language model.
 
@@ -235,6 +249,10 @@ def load_model(
         trust_remote_code: Let a model or tokenizer whose config names code of its own
             (``auto_map``) run that code. Off by default: such a model is refused with a message
             saying so, never run and never prompted for.
+        remote: Where the model's nnsight traces run (`Model.remote`): False (here), ``"local"``
+            (nnsight's serverless dry run of remote execution: each trace is serialised as for
+            NDIF and run here with this package's modules hidden), True (NDIF, at nnsight's
+            configured host; API key from nnsight's config or ``NDIF_API_KEY``) or a host URL.
 
     Warning:
         A built model (or bridge) given with ``device``/``dtype`` is moved/cast in place, as
@@ -247,8 +265,9 @@ def load_model(
         OSError: when a hub model or a tokenizer cannot be found.
         ValueError: for an architecture not in the alias table (the message shows how to add it),
             an unknown dtype, or a device that is unknown or not available (``"cuda"`` where
-            torch sees no GPU).
+            torch sees no GPU), or a ``remote`` that is none of the above.
     """
+    remote = _resolve_remote(remote)
     dtype = _resolve_dtype(dtype)
     device = _resolve_device(device)
     input_name = "input_ids"
@@ -347,4 +366,4 @@ def load_model(
         # One padding side everywhere: nnsight pads invokes of different lengths with this
         # setting, and `Batch.last` stays valid only if that padding goes on the right too.
         tokenizer.padding_side = "right"
-    return Model(lm, torch_model, tokenizer, architecture, input_name=input_name)
+    return Model(lm, torch_model, tokenizer, architecture, input_name=input_name, remote=remote)

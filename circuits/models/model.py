@@ -120,6 +120,10 @@ class Model:
         max_positions: The longest input the model was built for (its config's
             ``max_position_embeddings``, ``n_positions`` or ``n_ctx``); None when it names none.
         submodules: Every `Submodule` in forward order: embed, attn_0, mlp_0, resid_0, attn_1, ...
+        remote: Where `trace` runs: False (here), ``"local"`` (nnsight's dry run of remote
+            execution), True (NDIF) or a host URL. Everything built on traces follows it (node
+            and edge attribution, evaluation and ablation, dashboards); plain forwards
+            (`forward`, and the hooks of `circuits.edit`) stay here, and `forward` refuses.
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class Model:
         architecture: Architecture,
         *,
         input_name: str = "input_ids",
+        remote: bool | str = False,
     ) -> None:
         """Wrap an already-built envoy; `load_model` is the usual way in.
 
@@ -139,12 +144,14 @@ class Model:
             tokenizer: Its tokenizer (used as given, not copied).
             architecture: The alias-table row describing ``torch_model``.
             input_name: The forward's keyword for token ids (``"input"`` for a HookedTransformer).
+            remote: Where `trace` runs (see `load_model`).
         """
         self.lm = lm
         self.torch_model = torch_model
         self.tokenizer = tokenizer
         self.architecture = architecture
         self._input_name = input_name
+        self.remote = remote
 
         blocks = _attribute_path(torch_model, architecture.blocks)
         self.n_layers = len(blocks)
@@ -329,15 +336,27 @@ class Model:
         """Open an nnsight trace of one forward over ``batch``: ``with model.trace(batch): ...``.
 
         The body must live in a source file (nnsight compiles it from there). Extra keyword
-        arguments go to ``lm.trace``.
+        arguments go to ``lm.trace``; the trace runs where `remote` says unless they name
+        ``remote`` themselves.
         """
+        if self.remote:
+            kwargs.setdefault("remote", self.remote)
         return self.lm.trace(**self.inputs(batch), **kwargs)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """A plain forward (no trace): logits ``[batch, pos, vocab]``.
 
         Gradients follow the caller's grad mode; wrap in ``torch.no_grad()`` when not needed.
+
+        Raises:
+            ValueError: when the model's traces run remotely (`remote`): a plain forward
+                cannot go with them.
         """
+        if self.remote:
+            raise ValueError(
+                f"this runs plain PyTorch forwards, which cannot run remotely (remote="
+                f"{self.remote!r}); only discover and evaluate do. Load the model without remote"
+            )
         return _logits(self.torch_model(**self.inputs(batch)))
 
     def read(self, sub: str | Submodule) -> torch.Tensor:
