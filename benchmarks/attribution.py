@@ -20,10 +20,10 @@ and the task once. Per configuration it runs the measured call on 2 pairs (a war
 compiles its traces on first use), then ``--repeat`` times on all ``--n`` pairs:
 
 - wall time: the fastest repeat (``time.perf_counter``);
-- peak memory: on Linux, freed heap memory is handed back (``malloc_trim``), the process's peak
-  resident set size is reset (``/proc/self/clear_refs``), and after the call the peak
-  (``VmHWM``) minus the resident set size just before it is the extra memory the call needed at
-  its peak, allocator caching included; the largest repeat is shown. On CPU every tensor lives
+- peak memory (`circuits.planning.peak_bytes`): on Linux, freed heap memory is handed back
+  (``malloc_trim``), the process's peak resident set size is reset (``/proc/self/clear_refs``),
+  and after the call the peak (``VmHWM``) minus the resident set size just before it is the
+  extra memory the call needed at its peak, allocator caching included; the largest repeat is shown. On CPU every tensor lives
   in process memory, so this counts them all (Python's ``tracemalloc`` does not see torch's
   allocations and is not used). Without Linux's /proc the column shows n/a. On CUDA it would
   show host memory only;
@@ -55,8 +55,6 @@ submodules, ``N`` = ``--steps``; one patch forward fewer without patch prompts):
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import subprocess
@@ -78,43 +76,19 @@ Passes per batch of b pairs (S attributed submodules, N steps; read off attribut
 # Memory
 
 
-def _status_kib(field: str) -> int | None:
-    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``), or None where it is missing."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Hand freed heap memory back and reset the peak RSS to the current RSS; False if unable."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except (OSError, AttributeError):
-        return False
-    return _status_kib("VmHWM") is not None
-
-
 def _measure(call, repeat: int) -> tuple[float, int | None, object]:
     """Fastest wall time, largest peak KiB above the start (None: not measurable), result."""
+    from circuits.planning import peak_bytes
+
     best, peak, result = float("inf"), 0, None
     for _ in range(repeat):
-        reset = _reset_peak()
-        before = _status_kib("VmRSS")
         start = time.perf_counter()
-        result = call()
+        try:
+            used, result = peak_bytes(call)
+        except RuntimeError:  # no /proc/self/clear_refs: time only
+            used, result = None, call()
         best = min(best, time.perf_counter() - start)
-        if reset and before is not None and peak is not None:
-            peak = max(peak, _status_kib("VmHWM") - before)
-        else:
-            peak = None
+        peak = None if used is None or peak is None else max(peak, used // 1024)
     return best, peak, result
 
 

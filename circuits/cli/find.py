@@ -15,6 +15,7 @@ from circuits.cli import options
 from circuits.cli.options import (
     METRIC_NAMES,
     NO_DEFAULT,
+    batch_options,
     evaluation_options,
     model_options,
     output_options,
@@ -46,10 +47,7 @@ def _discover(args: argparse.Namespace) -> int:
             "1 backward in all, ig-joint 1 interpolated forward and backward",
             file=sys.stderr,
         )
-    circuit = discover(
-        model,
-        dictionaries,
-        task,
+    settings = dict(
         method=args.method,
         metric=METRIC_NAMES[args.metric] if args.metric else None,
         node_threshold=args.node_threshold,
@@ -57,10 +55,24 @@ def _discover(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         aggregation=args.aggregation,
         steps=args.steps,
-        batch_size=args.batch_size,
         edges=not args.no_edges,
+    )
+    args.batch_size = options.planned_batch_size(
+        args,
+        model,
+        task.pairs,
+        lambda pairs, b: discover(
+            model, dictionaries, pairs, batch_size=b, progress=False, **settings
+        ),
+    )
+    circuit = discover(
+        model,
+        dictionaries,
+        task,
+        batch_size=args.batch_size,
         progress=not args.no_progress,
         provenance={"model": str(args.model), "dictionaries": str(args.dictionaries)},
+        **settings,
     )
     if not args.no_eval:
         circuit.provenance["evaluation"] = _held_out_score(args, model, dictionaries, task, circuit)
@@ -115,7 +127,7 @@ def _held_out_score(args, model, dictionaries, task, circuit) -> dict:
     return {**where, **evaluator.evaluate(circuit).to_dict()}
 
 
-def _evaluator(args, model, dictionaries, pairs):
+def _evaluator(args, model, dictionaries, pairs, batch_size=None):
     """The `circuits.evaluate.Evaluator` the scoring options of ``args`` describe."""
     from circuits.evaluate import Evaluator
 
@@ -127,7 +139,7 @@ def _evaluator(args, model, dictionaries, pairs):
         ablation=args.ablation,
         protocol=args.protocol,
         first_layers_intact=args.first_layers_intact,
-        batch_size=args.batch_size,
+        batch_size=batch_size or args.batch_size,
         seed=getattr(args, "seed", 0),
     )
 
@@ -162,6 +174,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     model = options.load_model(args)
     dictionaries = load_dictionaries(model, args.dictionaries)
+
+    args.batch_size = options.planned_batch_size(
+        args,
+        model,
+        task.pairs,
+        lambda pairs, b: _evaluator(args, model, dictionaries, pairs, b).evaluate(circuit),
+    )
     evaluator = _evaluator(args, model, dictionaries, task)
     result = evaluator.evaluate(circuit).to_dict()
     if args.plot and not args.sizes:
@@ -388,7 +407,7 @@ def add_discover(commands: argparse._SubParsersAction, fmt: type) -> None:
         metavar="K",
         help="keep the K nodes of largest |effect| (default: no limit)" + NO_DEFAULT,
     )
-    disc.add_argument("--batch-size", type=int, default=16, help="prompt pairs per batch")
+    batch_options(disc, "batch")
     disc.add_argument(
         "--steps", type=int, default=10, help="interpolation steps of ig and ig-joint"
     )
@@ -448,7 +467,7 @@ def add_evaluate(commands: argparse._SubParsersAction, fmt: type) -> None:
         metavar="FILE",
         help="draw the --sizes curve to FILE (.png/.svg/.pdf)" + NO_DEFAULT,
     )
-    ev.add_argument("--batch-size", type=int, default=16, help="prompt pairs per forward")
+    batch_options(ev, "forward")
     ev.add_argument("--seed", type=int, default=0, help="seed of resample ablation")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(run=_evaluate)

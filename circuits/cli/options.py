@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from circuits.tasks import SPLITS  # plain Python: --help stays free of torch
@@ -202,3 +203,54 @@ def per_submodule(values: list[str], names: list[str], option: str) -> int | dic
     if default is None and set(overrides) != set(names):
         raise ValueError(f"{option}: give a plain number for the submodules not named")
     return {name: overrides.get(name, default) for name in names}
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    return positive_int(text)
+
+
+def batch_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--batch-size (a number, or ``auto`` with --memory-budget)."""
+    parser.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=16,
+        metavar="N|auto",
+        help=f"prompt pairs per {what}; 'auto': the largest that --memory-budget holds, "
+        "measured on the longest pairs (circuits.planning)",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="with --batch-size auto: memory the work may use above the loaded model, e.g. "
+        "8GiB (RAM on CPU, the GPU's on CUDA)" + NO_DEFAULT,
+    )
+
+
+def planned_batch_size(args: argparse.Namespace, model, pairs, run) -> int:
+    """``args.batch_size``, or with ``auto`` the batch size `circuits.planning` picks for
+    ``run(pairs, batch_size)`` within --memory-budget (printed to stderr)."""
+    if args.batch_size != "auto":
+        if args.memory_budget:
+            raise ValueError("--memory-budget plans the batch size; give it with --batch-size auto")
+        return args.batch_size
+    if not args.memory_budget:
+        raise ValueError("--batch-size auto needs --memory-budget, e.g. --memory-budget 8GiB")
+    from circuits import distributed
+    from circuits.planning import parse_size, plan_batch_size
+
+    if distributed.world_size() > 1:
+        raise ValueError("--batch-size auto plans one process; give a number under torchrun")
+    pairs = list(pairs)
+    length = {id(p): len(model.tokenize([p.clean_prefix]).input_ids[0]) for p in pairs}
+    longest = sorted(pairs, key=lambda p: -length[id(p)])
+    plan = plan_batch_size(
+        lambda batch, n: run(longest[:n], batch),
+        parse_size(args.memory_budget),
+        device=model.device,
+        largest=len(pairs),
+    )
+    print(f"planned {plan.describe()}", file=sys.stderr)
+    return plan.batch_size
