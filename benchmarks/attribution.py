@@ -23,10 +23,10 @@ compiles its traces on first use), then ``--repeat`` times on all ``--n`` pairs:
 - peak memory (`circuits.planning.peak_bytes`): on Linux, freed heap memory is handed back
   (``malloc_trim``), the process's peak resident set size is reset (``/proc/self/clear_refs``),
   and after the call the peak (``VmHWM``) minus the resident set size just before it is the
-  extra memory the call needed at its peak, allocator caching included; the largest repeat is shown. On CPU every tensor lives
-  in process memory, so this counts them all (Python's ``tracemalloc`` does not see torch's
-  allocations and is not used). Without Linux's /proc the column shows n/a. On CUDA it would
-  show host memory only;
+  extra memory the call needed at its peak, allocator caching included; the largest repeat is
+  shown. On CPU every tensor lives in process memory, so this counts them all (Python's
+  ``tracemalloc`` does not see torch's allocations and is not used). Without Linux's /proc the
+  column shows n/a. On CUDA it would show host memory only;
 - forward passes: counted by a forward hook on the wrapped model (calls, and batch rows summed),
   a check on the pass counts below.
 
