@@ -401,40 +401,33 @@ class Model:
     # -- construction helpers ----------------------------------------------------------------
 
     def _measure_widths(self) -> tuple[dict[str, int], int]:
-        """Run one single-token plain forward and record each site's last dimension."""
-        shapes: dict[str, tuple[int, ...]] = {}
-        handles = []
+        """Trace one single-token forward (here, never remotely: the model is being built) and
+        record each site's shape and the logits' width."""
+        import nnsight
 
-        def recorder(name: str, io: str):
-            def on_output(module, args, output):
-                shapes[name] = tuple(_first(output, name).shape)
-
-            def on_input(module, args):
-                shapes[name] = tuple(_first(args, name).shape)
-
-            return on_input if io == "input" else on_output
-
-        for name, site in self._sites.items():
-            module = self._modules[name]
-            hook = recorder(name, site.io)
-            if site.io == "input":
-                handles.append(module.register_forward_pre_hook(hook))
-            else:
-                handles.append(module.register_forward_hook(hook))
         token = getattr(self.tokenizer, "bos_token_id", None) or 0
         ids = torch.tensor([[token]], device=self.device)
+        envoys = {name: self.lm.get(site.path) for name, site in self._sites.items()}
         try:
             with torch.no_grad():
-                output = self.torch_model(**{self._input_name: ids})
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [name for name in self._sites if name not in shapes]
-        if missing:
+                with self.lm.trace(**{self._input_name: ids}):
+                    values = nnsight.save(
+                        {
+                            name: envoys[name].input if site.io == "input" else envoys[name].output
+                            for name, site in self._sites.items()
+                        }
+                    )
+                    output = nnsight.save(self.lm.output)
+        except Exception as error:  # nnsight names the module that never ran
             raise RuntimeError(
-                f"the {self.architecture.name} sites {missing} never ran in a forward pass; the "
-                "Architecture row does not match this model"
-            )
+                f"the {self.architecture.name} sites did not all run, in forward order, in one "
+                f"forward pass ({type(error).__name__}: {error}); the Architecture row does not "
+                "match this model"
+            ) from error
+        shapes = {
+            name: tuple(_first(values[name], f"the {site.io} of {site.path}").shape)
+            for name, site in self._sites.items()
+        }
         for name, shape in shapes.items():
             if shape[:2] != (1, 1) or len(shape) != 3:
                 site = self._sites[name]
