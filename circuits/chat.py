@@ -88,7 +88,7 @@ class LocalChat:
                 **inputs,
                 max_new_tokens=max_tokens,
                 do_sample=False,
-                pad_token_id=self.model.tokenizer.pad_token_id or self.model.tokenizer.eos_token_id,
+                pad_token_id=self.model.pad_id,
             )
         new = out[0, batch.input_ids.shape[1] :].tolist()
         return self.model.tokenizer.decode(new, skip_special_tokens=True).strip()

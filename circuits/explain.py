@@ -297,7 +297,7 @@ def _continue(model: Model, prompts: torch.Tensor, settings: Settings) -> list[l
             attention_mask=torch.ones_like(prompts).to(model.device),
             max_new_tokens=settings.new_tokens,
             do_sample=False,
-            pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id or 0,
+            pad_token_id=model.pad_id,
         )
     return out[:, prompts.shape[1] :].tolist()
 
@@ -311,9 +311,10 @@ def _intervention(
     with edited(model, dictionaries, [Steer(board["node"], scale)]):
         steered = _continue(model, prompts, settings)
     tokenizer = model.tokenizer
+    skip = set(tokenizer.all_special_tokens)
 
     def text(ids: list[int]) -> str:
-        return _text([tokenizer.decode([i]) for i in ids], skip=set(tokenizer.all_special_tokens))
+        return _text([tokenizer.decode([i]) for i in ids], skip=skip)
 
     changed = [i for i in range(len(prompts)) if steered[i] != plain[i]]
     questions = []

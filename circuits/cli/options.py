@@ -244,8 +244,8 @@ def planned_batch_size(args: argparse.Namespace, model, pairs, run) -> int:
     if distributed.world_size() > 1:
         raise ValueError("--batch-size auto plans one process; give a number under torchrun")
     pairs = list(pairs)
-    length = {id(p): len(model.tokenize([p.clean_prefix]).input_ids[0]) for p in pairs}
-    longest = sorted(pairs, key=lambda p: -length[id(p)])
+    lengths = [len(ids) for ids in model.tokenizer([p.clean_prefix for p in pairs])["input_ids"]]
+    longest = [pair for _, pair in sorted(zip(lengths, pairs, strict=True), key=lambda t: -t[0])]
     plan = plan_batch_size(
         lambda batch, n: run(longest[:n], batch),
         parse_size(args.memory_budget),

@@ -277,22 +277,20 @@ class Model:
                 f"a prompt has {len(encoded[longest])} tokens, more than the model's "
                 f"{self.max_positions} positions: {prompts[longest][:80]!r}...; shorten it"
             )
-        pad_id = next(
-            (
-                token
-                for token in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
-                if token is not None
-            ),
-            0,
-        )
         width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
         for row, ids in enumerate(encoded):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, : len(ids)] = 1
         last = attention_mask.sum(dim=1) - 1
         return Batch(input_ids=input_ids, attention_mask=attention_mask, last=last)
+
+    @property
+    def pad_id(self) -> int:
+        """The id padding uses: the tokenizer's pad token, else EOS, else 0."""
+        ids = (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
+        return next((token for token in ids if token is not None), 0)
 
     def fingerprint(self) -> str:
         """sha256 of the model's class, config, every parameter and buffer (tied ones once) and
