@@ -142,7 +142,8 @@ def plan_batch_size(
         device: Where the work's tensors live (``model.device``).
         probes: The two batch sizes the line is fitted on.
         batches: Batches per measurement (``examples = batches * batch_size``): a run of a
-            few batches peaks above a single one.
+            few batches peaks above a single one. Each size is measured twice and the smaller
+            peak kept, since memory the allocator or other threads touch meanwhile only adds.
         largest: The largest batch size returned.
         headroom: The share of ``budget`` the prediction may fill (allocator slack, noise).
 
@@ -153,8 +154,8 @@ def plan_batch_size(
     if not 0 < small < large:
         raise ValueError(f"probes must be two increasing batch sizes, got {probes}")
 
-    def peak(b: int) -> int:
-        return peak_bytes(lambda: run(b, batches * b), device)[0]
+    def peak(b: int) -> int:  # the smaller of two: a resident-set peak only errs upwards
+        return min(peak_bytes(lambda: run(b, batches * b), device)[0] for _ in range(2))
 
     run(small, small)  # warm-up: lazy allocations and caches are not per-batch memory
     measured = tuple((b, peak(b)) for b in (small, large))
