@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 from attribution.batches import PairBatch
 from attribution.effects import BatchEffects
-from attribution.splice import contract, gradients, patch_side, run_spliced
+from attribution.splice import contract, patch_side, run_spliced
 from circuits.dictionaries import Dictionary
 from circuits.metrics import Metric
 from circuits.models import Model
@@ -50,10 +50,16 @@ def atp_effects(
         `BatchEffects`: ``[batch, pos, width]`` feature and ``[batch, pos]`` error effects.
     """
     # 1-2. Clean forward with leaves, one backward.
-    clean = run_spliced(model, dictionaries, batch.clean, split=submodules, grad=True)
+    clean = run_spliced(
+        model,
+        dictionaries,
+        batch.clean,
+        split=submodules,
+        grad=True,
+        metric=lambda logits, _: metric(logits, batch.info.with_clean_logits(logits)),
+    )
     info = batch.info.with_clean_logits(clean.logits)
-    metric_clean = metric(clean.logits, info)
-    grads = gradients(metric_clean, clean.values)
+    metric_clean, grads = clean.metric, clean.grads
     # 3. Patch forward (or zeros).
     patch, metric_patch = patch_side(
         model, dictionaries, batch, submodules, metric, info, clean.values

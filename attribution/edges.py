@@ -438,7 +438,8 @@ def edge_effects(
     into_y: dict[str, Tensor] = {}  # {up: [n_up]}
     count, no_double_backward = 0, set()
     for _, batch in tqdm(shard(batches), desc="edge effects", disable=not progress):
-        found = _batch_edges(
+        found = model.in_session(
+            _batch_edges,
             model,
             dictionaries,
             batch,

@@ -50,7 +50,6 @@ from attribution.splice import (
     Values,
     contract,
     endpoints,
-    gradients,
     repeat_batch,
     run_spliced,
 )
@@ -111,14 +110,28 @@ def mean_gradients(
     info = info.repeat(steps)
     if joint:
         paths = {name: _path(clean[name], patch[name], steps) for name in clean}
-        run = run_spliced(model, dictionaries, stacked, values=paths, grad=True, pass_through=True)
-        grads = gradients(metric(run.logits, info), run.values)
-        return {name: _mean_over_steps(grads[name], steps) for name in targets}
+        run = run_spliced(
+            model,
+            dictionaries,
+            stacked,
+            values=paths,
+            grad=True,
+            pass_through=True,
+            metric=lambda logits, _: metric(logits, info),
+        )
+        return {name: _mean_over_steps(run.grads[name], steps) for name in targets}
     out = {}
     for name in tqdm(targets, desc="ig submodules", disable=not progress, leave=False):
         path = {name: _path(clean[name], patch[name], steps)}
-        run = run_spliced(model, dictionaries, stacked, values=path, grad=True)
-        out[name] = _mean_over_steps(gradients(metric(run.logits, info), run.values)[name], steps)
+        run = run_spliced(
+            model,
+            dictionaries,
+            stacked,
+            values=path,
+            grad=True,
+            metric=lambda logits, _: metric(logits, info),
+        )
+        out[name] = _mean_over_steps(run.grads[name], steps)
     return out
 
 

@@ -147,7 +147,9 @@ def node_effects(
     error_sums: dict[str, torch.Tensor] = {}
     clean_sum, patch_sum, count = 0.0, 0.0, 0
     for _, batch in tqdm(shard(batches), desc=f"{method} node effects", disable=not progress):
-        effects = run(model, dictionaries, batch, metric=checked, submodules=names)
+        effects = model.in_session(
+            run, model, dictionaries, batch, metric=checked, submodules=names
+        )
         for name in names:
             f, e = effects.features[name], effects.errors[name]  # [b, pos, width], [b, pos]
             if not keep_positions:

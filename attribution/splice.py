@@ -4,8 +4,9 @@ At a spliced submodule the activation ``x [batch, pos, d_model]`` is split into 
 ``f = encode(x) [batch, pos, width]`` and an error ``e = x - decode(f) [batch, pos, d_model]``, and
 the model goes on with ``decode(f) + e`` in place of ``x``. Features and errors are the graph's
 nodes; `run_spliced` returns them, as gradient leaves when asked, together with the logits at each
-prompt's last position. The caller computes a metric from those logits and takes gradients with
-`gradients` after the trace.
+prompt's last position. Given a metric of those logits, it also returns the metric's gradients
+with respect to every node, taken with `gradients` inside the trace (a remote run sends values
+back, never autograd graphs).
 
 Two ways to splice a submodule:
 
@@ -29,9 +30,9 @@ read, never written.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import nnsight
 import torch
@@ -75,11 +76,16 @@ class Spliced:
         readout: ``[batch, pos, d_model]`` the activation written back at the ``readout``
             submodule (attached likewise), for metrics read from inside the model (e.g. a probe
             on a residual stream); None when no readout was asked for.
+        metric: ``[batch]`` the metric values (detached) of a run given ``metric``, else None.
+        grads: ``{submodule: Values}`` the metric's gradients with respect to every node
+            (`gradients`), of a run given ``metric``, else None.
     """
 
     values: dict[str, Values]
     logits: Tensor
     readout: Tensor | None = None
+    metric: Tensor | None = None
+    grads: dict[str, Values] | None = None
 
 
 def check_submodules(
@@ -148,6 +154,7 @@ def run_spliced(
     grad: bool = False,
     pass_through: bool = False,
     readout: str | None = None,
+    metric: Callable[[Tensor, Tensor | None], Tensor] | None = None,
 ) -> Spliced:
     """One forward over ``batch`` with submodules split into features and errors.
 
@@ -162,6 +169,9 @@ def run_spliced(
             `gradients`.
         pass_through: For set submodules under ``grad``: let the gradient reach upstream too.
         readout: A spliced submodule whose written-back activation is returned too.
+        metric: With ``grad``: ``metric(logits [batch, vocab], readout or None) -> [batch]``,
+            whose gradients with respect to every node are taken inside the trace, so they come
+            back from a remote run too (which returns values, never autograd graphs).
 
     Returns:
         `Spliced`: the nodes of every spliced submodule, the last-position logits and the
@@ -175,7 +185,10 @@ def run_spliced(
     order = [sub.name for sub in model.submodules if sub.name in split or sub.name in values]
     if readout is not None and readout not in order:
         raise ValueError(f"readout {readout!r} is not among the spliced submodules {order}")
+    if metric is not None and not grad:
+        raise ValueError("a metric's gradients need grad=True")
     nodes: dict[str, Values] = {}
+    taken: dict[str, Any] = {}
     out = None
     with torch.set_grad_enabled(grad):
         with model.trace(batch):
@@ -205,8 +218,13 @@ def run_spliced(
                 if name == readout:
                     out = new.save()  # [batch, pos, d_model]
             logits = batch.at_last(model.read_logits()).save()  # [batch, vocab]
+            if metric is not None:
+                values_of_metric = metric(logits, out)  # [batch]
+                taken["grads"] = gradients(values_of_metric, nodes)
+                taken["metric"] = values_of_metric.detach()
             nnsight.save(nodes)
-    return Spliced(values=nodes, logits=logits, readout=out)
+            nnsight.save(taken)
+    return Spliced(nodes, logits, out, taken.get("metric"), taken.get("grads"))
 
 
 def gradients(metric_values: Tensor, nodes: Mapping[str, Values]) -> dict[str, Values]:
@@ -218,6 +236,12 @@ def gradients(metric_values: Tensor, nodes: Mapping[str, Values]) -> dict[str, V
     names = list(nodes)
     leaves = [tensor for name in names for tensor in nodes[name]]
     grads = torch.autograd.grad(metric_values.sum(), leaves, allow_unused=True)
+    if all(g is None for g in grads):
+        raise RuntimeError(
+            "the metric depends on no node: compute it from the logits of the same run, inside "
+            "its trace (run_spliced(metric=...)); values sent back from a remote run carry no "
+            "autograd graph"
+        )
     grads = [
         torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads, strict=True)
     ]

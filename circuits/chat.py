@@ -82,15 +82,8 @@ class LocalChat:
     def complete(self, messages: Messages, *, max_tokens: int) -> str:
         text, templated = self._render(messages)
         batch = self.model.tokenize([text], add_special_tokens=not templated)
-        inputs = self.model.inputs(batch)
         with torch.no_grad():
-            out = self.model.torch_model.generate(
-                **inputs,
-                max_new_tokens=max_tokens,
-                do_sample=False,
-                pad_token_id=self.model.pad_id,
-            )
-        new = out[0, batch.input_ids.shape[1] :].tolist()
+            new = self.model.generate(batch, max_new_tokens=max_tokens)[0].tolist()
         return self.model.tokenizer.decode(new, skip_special_tokens=True).strip()
 
     def probabilities(

@@ -13,12 +13,13 @@ An edit is a small frozen record naming nodes (``resid_2/17``, ``mlp_0/ε``, opt
 `edited` applies a list of edits inside a ``with`` block:
 
     with edited(model, dictionaries, [Ablate(["resid_1/3", "mlp_0/ε"]), Steer("resid_0/5", 4.0)]):
-        logits = model.forward(batch)                       # plain forward
-        tokens = model.torch_model.generate(ids, max_new_tokens=5)   # every new position too
-        with model.trace(batch): ...                        # nnsight traces
+        logits = model.forward(batch)                       # one forward
+        tokens = model.generate(batch, max_new_tokens=5)    # every new position too
+        with model.trace(batch): ...                        # any trace, any toolkit method
 
-Steps, at each edited submodule (plain PyTorch forward hooks, or forward pre-hooks where the
-site is a module's input, on ``model.module(sub)``):
+The edits are one nnsight edit of the model's envoy (``model.lm.edit``), replayed on every
+forward that goes through nnsight, locally or remotely. Steps, at each edited submodule, in
+forward order (`circuits.models.Model.read` / ``write``):
 
 1. ``f = encode(x)`` ``[batch, pos, width]`` and ``e = x - decode(f)`` ``[batch, pos, d_model]``.
 2. ``f' = where(set, value, f)`` for ablated and clamped features; ``e' = where(set, value, e)``
@@ -31,27 +32,28 @@ Edits without a position apply at every position of every call, including the po
 `generate` adds one at a time. Edits with ``@pos`` apply at that absolute token position; the
 offset of a call that continues a key/value cache is the length of that cache (`_offset`).
 
-Leaving the block removes every hook, also when the body raises, so the model computes exactly
-what it computed before. Nothing on the model is replaced or patched.
+Leaving the block drops the edit, also when the body raises, so the model computes exactly what
+it computed before. Nothing on the torch model is replaced, patched or hooked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from nnsight.intervention.iterator import Iterations
 from torch import Tensor
 
 from circuits.ablation import AblationValues, ablation_values, keep_nodes
 from circuits.dictionaries import Dictionary
 from circuits.graph import OUTPUT, Circuit, parse_node_name
 from circuits.models import Model
-from circuits.models.model import _first, _replace_first
 
 __all__ = ["Ablate", "Clamp", "Steer", "Edit", "edited", "read_nodes", "next_token_change"]
 
@@ -299,15 +301,29 @@ def _offset(args: Sequence[Any], kwargs: Mapping[str, Any]) -> int:
 # The context
 
 
+def _install(model: Model, plans: Mapping[str, _Plan], order: Sequence[str]) -> None:
+    """Store the edits on the model's nnsight envoy: at every forward (each generation step
+    too), read the cache offset, then edit each submodule of ``order`` in forward order."""
+    with model.lm.edit(inplace=True):
+        for _ in Iterations()[:]:
+            args, kwargs = model.lm.inputs
+            offset = _offset(args, kwargs)
+            for name in order:
+                model.write(name, _apply(plans[name], model.read(name), offset))
+
+
 @contextlib.contextmanager
 def edited(
     model: Model, dictionaries: Mapping[str, Dictionary], edits: Iterable[Edit]
 ) -> Iterator[Model]:
     """Apply ``edits`` to every forward of ``model`` inside the ``with`` block.
 
-    Plain forwards (`Model.forward`, ``model.torch_model(...)``), ``model.torch_model.generate``
-    and nnsight traces all see the edits, at every position of every call. On leaving the block
-    (also by an exception) the hooks are removed and the model is exactly as before.
+    The edits are an nnsight edit of ``model.lm``: `Model.forward`, `Model.generate` (every
+    step), `Model.trace` and so every method of the toolkit see them, wherever the model runs
+    (``remote``; the edit travels with each request). A trace's own reads of an edited
+    submodule see the edited activation. Calling ``model.torch_model`` directly bypasses them.
+    On leaving the block (also by an exception) the edit is dropped and the model computes
+    exactly what it computed before.
 
     Args:
         model: The model.
@@ -327,35 +343,17 @@ def edited(
     if not edits:
         raise ValueError("no edits given; pass Ablate, Clamp or Steer records")
     plans = _plans(model, dictionaries, edits)
-    offset = [0]  # tokens before the current call (a continued key/value cache)
-
-    def on_model(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-        offset[0] = _offset(args, kwargs)
-
-    def hook_for(plan: _Plan, io: str, where: str):
-        def on_output(module: torch.nn.Module, args: Any, output: Any) -> Any:
-            return _replace_first(output, _apply(plan, _first(output, where), offset[0]))
-
-        def on_input(module: torch.nn.Module, args: Any) -> Any:
-            return _replace_first(tuple(args), _apply(plan, _first(args, where), offset[0]))
-
-        return on_input if io == "input" else on_output
-
-    handles = []
+    order = [sub.name for sub in model.submodules if sub.name in plans]
+    before = list(model.lm._edits)
     try:
-        handles.append(model.torch_model.register_forward_pre_hook(on_model, with_kwargs=True))
-        for sub, plan in plans.items():
-            site = model.site(sub)
-            module = model.module(sub)
-            hook = hook_for(plan, site.io, f"the {site.io} of {site.path}")
-            if site.io == "input":
-                handles.append(module.register_forward_pre_hook(hook))
-            else:
-                handles.append(module.register_forward_hook(hook))
-        yield model
+        _install(model, plans, order)
+        with warnings.catch_warnings():
+            # The edit loops over every forward of a run; nnsight warns when a run ends
+            # before the loop's next step, which is how every run ends.
+            warnings.filterwarnings("ignore", message=".*was never reached: the loop asked")
+            yield model
     finally:
-        for handle in handles:
-            handle.remove()
+        model.lm._edits = before
 
 
 # ------------------------------------------------------------------------------------------------

@@ -357,7 +357,12 @@ class Evaluator:
         return sum(self.dictionaries[name].width + 1 for name in self.submodules)
 
     def mean_metric(self, keep: Mapping[str, Keep]) -> float:
-        """``m(S)``: the metric averaged over every example, nodes not kept ablated."""
+        """``m(S)``: the metric averaged over every example, nodes not kept ablated (on a
+        remote model, every batch in one request)."""
+        return _mean(self.model.in_session(self._metric_values, keep))
+
+    def _metric_values(self, keep: Mapping[str, Keep]) -> list[torch.Tensor]:
+        """``[batch]`` metric values of this process's batches, nodes not kept ablated."""
         values = []
         for index, info in self.infos.items():
             batch = self.batches[index]
@@ -365,7 +370,7 @@ class Evaluator:
                 self.model, self.dictionaries, batch.clean, keep, self.values, key=index
             )
             values.append(self.metric(logits, info))
-        return _mean(values)
+        return values
 
     def keep(self, circuit: Circuit | Iterable[str]) -> dict[str, Keep]:
         """The circuit's masks over the evaluated submodules (nodes elsewhere are checked, then

@@ -50,7 +50,7 @@ import torch
 
 from circuits.chat import Chat, Messages
 from circuits.files import write_text
-from circuits.models import Model
+from circuits.models import Batch, Model
 
 __all__ = [
     "PROMPT_VERSION",
@@ -291,15 +291,11 @@ def _plain_continuations(
 
 
 def _continue(model: Model, prompts: torch.Tensor, settings: Settings) -> list[list[int]]:
+    batch = Batch(
+        prompts, torch.ones_like(prompts), torch.full((len(prompts),), prompts.shape[1] - 1)
+    )
     with torch.no_grad():
-        out = model.torch_model.generate(
-            prompts.to(model.device),
-            attention_mask=torch.ones_like(prompts).to(model.device),
-            max_new_tokens=settings.new_tokens,
-            do_sample=False,
-            pad_token_id=model.pad_id,
-        )
-    return out[:, prompts.shape[1] :].tolist()
+        return model.generate(batch, max_new_tokens=settings.new_tokens).tolist()
 
 
 def _intervention(

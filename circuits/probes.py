@@ -11,17 +11,16 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+import nnsight
 import torch
 from torch import Tensor
 
-from attribution.splice import Values, contract, gradients, run_spliced
+from attribution.splice import Values, contract, run_spliced
 from circuits.dictionaries import Dictionary
 from circuits.dictionaries.base import Identity
 from circuits.graph import ERROR, node_name
 from circuits.models import Batch, Model
-from circuits.models.model import _first
 from circuits.tasks import LabelledText
 
 __all__ = [
@@ -68,40 +67,25 @@ def pooled_features(
     *,
     batch_size: int = 64,
 ) -> dict[str, Tensor]:
-    """Each submodule's ``encode``\\ d activation mean-pooled over real tokens: ``[texts, width]``.
+    """Each submodule's ``encode``\\ d activation mean-pooled over real tokens: ``[texts, width]``
+    (float32, on the CPU).
 
-    A plain forward with PyTorch forward hooks registered last, so edits active around the call
-    (`circuits.edit.edited`) are seen. An `Identity` dictionary gives the activation itself.
+    One trace per batch, so edits active around the call (`circuits.edit.edited`) are seen. An
+    `Identity` dictionary gives the activation itself.
     """
+    wanted = set(submodules)
+    order = [sub.name for sub in model.submodules if sub.name in wanted]
     out: dict[str, list[Tensor]] = {name: [] for name in submodules}
-    mask_box: list[Tensor] = []
-
-    def hook_for(name: str):
-        def on_output(module: torch.nn.Module, args: Any, output: Any) -> None:
-            x = _first(output, name)  # [batch, pos, width]
-            out[name].append(_pool(dictionaries[name].encode(x), mask_box[0]).float().cpu())
-
-        def on_input(module: torch.nn.Module, args: Any) -> None:
-            on_output(module, args, args)
-
-        return on_input if model.site(name).io == "input" else on_output
-
-    handles = []
-    try:
-        for name in submodules:
-            hook = hook_for(name)
-            module = model.module(name)
-            if model.site(name).io == "input":
-                handles.append(module.register_forward_pre_hook(hook))
-            else:
-                handles.append(module.register_forward_hook(hook))
-        with torch.no_grad():
-            for batch in _batches(model, texts, batch_size):
-                mask_box[:] = [batch.attention_mask.to(model.device)]
-                model.forward(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad():
+        for batch in _batches(model, texts, batch_size):
+            pooled: dict[str, Tensor] = {}
+            with model.trace(batch):
+                for name in order:
+                    x = model.read(name)  # [batch, pos, width]
+                    pooled[name] = _pool(dictionaries[name].encode(x), batch.attention_mask)
+                nnsight.save(pooled)
+            for name, value in pooled.items():
+                out[name].append(value.float().cpu())
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
@@ -224,13 +208,17 @@ def probe_effects(
         raise ValueError(f"the probe's submodule {readout} needs a dictionary")
     totals: dict[str, Tensor] = {}
     for batch in _batches(model, texts, batch_size):
+        mask = batch.attention_mask
         spliced = run_spliced(
-            model, dictionaries, batch, split=submodules, grad=True, readout=readout
+            model,
+            dictionaries,
+            batch,
+            split=submodules,
+            grad=True,
+            readout=readout,
+            metric=lambda _, out, mask=mask: probe.logits(_pool(out, mask)),  # [batch]
         )
-        nodes, out = spliced.values, spliced.readout
-        mask = batch.attention_mask.to(out.device)
-        metric = probe.logits(_pool(out, mask))  # [batch]
-        grads = gradients(metric, nodes)
+        nodes, grads = spliced.values, spliced.grads
         for name in submodules:
             clean = nodes[name]
             zero = Values(torch.zeros_like(clean.features), torch.zeros_like(clean.error))

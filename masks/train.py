@@ -369,8 +369,14 @@ def train_mask(
         ValueError: an unknown parametrisation, objective or ablation; a size outside
             ``1 .. N``; non-positive steps, lr or checkpoint_every; a negative penalty;
             ``"logit-diff"`` on a task without patch prompts; a checkpoint from other settings;
-            and what `circuits.evaluate.Evaluator` refuses.
+            and what `circuits.evaluate.Evaluator` refuses; a remote model.
     """
+    if model.remote:
+        raise ValueError(
+            "mask training takes an optimiser step on its gates after every forward and "
+            f"backward, which a remote model (remote={model.remote!r}) would send back without "
+            "their gradients; train the mask on a model loaded without remote"
+        )
     if parametrisation not in PARAMETRISATIONS:
         raise ValueError(
             f"unknown parametrisation {parametrisation!r}; choose one of "

@@ -11,7 +11,7 @@ from conftest import PAIRS, TINY_FAMILIES, random_saes, small_circuit
 
 from circuits.ablation import Keep, ablation_values, keep_nodes, run_ablated
 from circuits.edit import Ablate, Clamp, Steer, edited, next_token_change, read_nodes
-from circuits.models import load_model
+from circuits.models import Batch, load_model
 
 
 @pytest.fixture(scope="module")
@@ -214,17 +214,12 @@ def test_only_where_active_touches_only_firing_positions(gpt2):
 def test_generation_sees_position_edits_at_exactly_their_token(tiny_model_dir, family, use_cache):
     model = load_model(str(tiny_model_dir(family)))
     saes = random_saes(model, widths=(64,), seed=1)
-    ids = model.tokenize([PAIRS[0].clean_prefix]).input_ids
-    n = ids.shape[1]
+    prompt = model.tokenize([PAIRS[0].clean_prefix])
+    n = prompt.input_ids.shape[1]
 
     def generate():
-        return model.torch_model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=6,
-            do_sample=False,
-            use_cache=use_cache,
-        )
+        new = model.generate(prompt, max_new_tokens=6, use_cache=use_cache)
+        return torch.cat([prompt.input_ids, new], dim=1)
 
     last = f"resid_{model.n_layers - 1}"
     steer = Steer("resid_0/7", 10.0)
@@ -239,7 +234,9 @@ def test_generation_sees_position_edits_at_exactly_their_token(tiny_model_dir, f
             steered = generate()
             # The edited model's own greedy choices over the whole sequence, in one forward:
             # every generated token was produced with the edits at its position.
-            full = model.torch_model(steered).logits
+            full = model.forward(
+                Batch(steered, torch.ones_like(steered), steered.new_tensor([steered.shape[1] - 1]))
+            )
         again = generate()
     assert not torch.equal(steered_only, plain)
     assert not torch.equal(steered, steered_only), "the position edits change no token"

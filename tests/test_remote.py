@@ -7,17 +7,22 @@ test counts the traces that went that way, so a method that silently ran locally
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 import torch
 from nnsight.intervention.backends.local import LocalSimulationBackend
+from nnsight.tracing.util import push
 
 from attribution import edge_effects, node_effects
 from circuits import load_model
 from circuits.dictionaries import load_dictionaries
+from circuits.edit import Ablate, Clamp, Steer, edited
 from circuits.evaluate import Evaluator
-from circuits.tasks import load_task
+from circuits.probes import pooled_activations, pooled_features, probe_effects, train_probe
+from circuits.tasks import LabelledText, load_task
+from masks import train_mask
 from viz.dashboard import dashboards
 
 
@@ -38,16 +43,40 @@ def models():
 
 @pytest.fixture
 def sent(monkeypatch):
-    """The number of traces that took the remote path, counted as they are sent."""
+    """The number of traces that took the remote path, counted as they are sent.
+
+    Each trace's results come back as a server's would: ``torch.save``\\ d and loaded, so a
+    tensor that was attached to an autograd graph comes back without it (in-process, the dry
+    run would otherwise hand the graph over, and a backward after the trace would work here
+    but not on NDIF).
+    """
     calls = []
     real = LocalSimulationBackend.__call__
 
-    def counting(self, tracer):
+    def as_a_server_would(self, tracer):
         calls.append(tracer)
-        return real(self, tracer)
+        out = real(self, tracer)
+        frame = tracer.info.frame
+        attached = {k: v for k, v in frame.f_locals.items() if _has_graph(v)}
+        if attached:
+            buffer = io.BytesIO()
+            torch.save(attached, buffer)
+            buffer.seek(0)
+            push(frame, torch.load(buffer, weights_only=False))
+        return out
 
-    monkeypatch.setattr(LocalSimulationBackend, "__call__", counting)
+    monkeypatch.setattr(LocalSimulationBackend, "__call__", as_a_server_would)
     return calls
+
+
+def _has_graph(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.grad_fn is not None
+    if isinstance(value, dict):
+        return any(_has_graph(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_graph(v) for v in value)
+    return False
 
 
 def _both(models, run):
@@ -85,10 +114,42 @@ def test_dashboards_equal_their_local_run(models, sent):
     assert sent and here == there
 
 
-def test_plain_forwards_refuse_to_run_remotely(models):
-    model, _ = models["local"]
-    with pytest.raises(ValueError, match="cannot run remotely"):
-        model.forward(model.tokenize(["The cat"]))
+def test_each_batch_of_attribution_is_one_request(models, pairs, sent):
+    model, dictionaries = models["local"]
+    effects = node_effects(model, dictionaries, pairs, method="ig", batch_size=4, progress=False)
+    assert len(sent) == 2  # two batches; each one session holding its clean, patch and IG traces
+    named = effects.nodes()
+    nodes = sorted(named, key=lambda n: -abs(named[n]))[:10]
+    sent.clear()
+    edge_effects(model, dictionaries, pairs, nodes, effects=effects, batch_size=4, progress=False)
+    assert len(sent) == 2
+
+
+def test_edits_forwards_generation_and_probes_equal_their_local_run(models, sent):
+    texts = [LabelledText(t, {}) for t in ["The cat sleeps .", "She said that he is kind ."]]
+    edits = [Ablate(["resid_0/3", "mlp_1/ε"]), Clamp("attn_1/5", 2.0), Steer("resid_1/7", 3.0)]
+
+    def run(model, dictionaries):
+        batch = model.tokenize([texts[1].text])
+        with torch.no_grad(), edited(model, dictionaries, edits):
+            logits = model.forward(batch)
+            tokens = model.generate(batch, max_new_tokens=4)
+            pooled = pooled_features(model, dictionaries, texts, ["resid_0", "resid_2"])
+        probe = train_probe(pooled_activations(model, texts, 2), torch.tensor([0.0, 1.0]))
+        effects = probe_effects(model, dictionaries, texts, probe, 2)
+        return logits, tokens, pooled, effects
+
+    here, there = _both(models, run)
+    assert sent
+    assert torch.equal(here[0], there[0]) and torch.equal(here[1], there[1])
+    assert all(torch.equal(here[2][k], there[2][k]) for k in here[2])
+    assert here[3] == there[3] and any(here[3].values())
+
+
+def test_mask_training_refuses_a_remote_model(models):
+    model, dictionaries = models["local"]
+    with pytest.raises(ValueError, match="train the mask on a model loaded without remote"):
+        train_mask(model, dictionaries, "sva-rc", steps=1)
     with pytest.raises(ValueError, match="remote must be"):
         load_model("zoo", remote="nowhere")
 

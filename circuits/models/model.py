@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import nnsight
 import torch
 
 if TYPE_CHECKING:
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 
 
 from circuits.models.families import Architecture, Site
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ class Model:
     Attributes:
         lm: The nnsight envoy wrapping the model (``lm.trace``, ``lm.output``, ...).
         torch_model: The wrapped ``torch.nn.Module`` itself (Hugging Face model or
-            HookedTransformer), for plain forwards and plain PyTorch hooks.
+            HookedTransformer). Calling it directly bypasses nnsight: it runs here, and the
+            edits of `circuits.edit.edited` do not apply.
         tokenizer: The tokenizer: a private copy of the one given, so settings made on it (a pad
             token where it had none, right padding to match `tokenize`) never reach the
             caller's object.
@@ -120,10 +124,9 @@ class Model:
         max_positions: The longest input the model was built for (its config's
             ``max_position_embeddings``, ``n_positions`` or ``n_ctx``); None when it names none.
         submodules: Every `Submodule` in forward order: embed, attn_0, mlp_0, resid_0, attn_1, ...
-        remote: Where `trace` runs: False (here), ``"local"`` (nnsight's dry run of remote
-            execution), True (NDIF) or a host URL. Everything built on traces follows it (node
-            and edge attribution, evaluation and ablation, dashboards); plain forwards
-            (`forward`, and the hooks of `circuits.edit`) stay here, and `forward` refuses.
+        remote: Where `trace`, `forward` and `generate` run: False (here), ``"local"``
+            (nnsight's dry run of remote execution), True (NDIF) or a host URL. Every method of
+            the toolkit runs through them.
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class Model:
         self.architecture = architecture
         self._input_name = input_name
         self.remote = remote
+        self._in_session = False  # inside `in_session`: traces join its request
 
         blocks = _attribute_path(torch_model, architecture.blocks)
         self.n_layers = len(blocks)
@@ -337,25 +341,78 @@ class Model:
         arguments go to ``lm.trace``; the trace runs where `remote` says unless they name
         ``remote`` themselves.
         """
-        if self.remote:
+        if self.remote and not self._in_session:
             kwargs.setdefault("remote", self.remote)
         return self.lm.trace(**self.inputs(batch), **kwargs)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """A plain forward (no trace): logits ``[batch, pos, vocab]``.
+    def in_session(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``; on a remote model, as one nnsight session: one request
+        that runs ``fn`` where the model is, every trace it opens included, and sends back
+        its result.
 
-        Gradients follow the caller's grad mode; wrap in ``torch.no_grad()`` when not needed.
+        Everything between the traces (autograd across them, the arithmetic joining them)
+        runs there too, so a result built from several traces' autograd graphs comes back
+        whole, where separate traces would each send back values without their graphs. The
+        result must be made of tensors and plain containers.
+        """
+        if not self.remote or self._in_session:
+            return fn(*args, **kwargs)
+        self._in_session = True
+        try:
+            with self.lm.session(remote=self.remote):
+                result = fn(*args, **kwargs)
+                nnsight.save(result)
+        finally:
+            self._in_session = False
+        return result
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits ``[batch, pos, vocab]`` of one forward, run as a trace: it goes where `remote`
+        says and sees the edits of `circuits.edit.edited`.
+
+        Gradients follow the caller's grad mode (on a model run here); wrap in
+        ``torch.no_grad()`` when not needed.
+        """
+        with self.trace(batch):
+            logits = self.read_logits().save()
+        return logits
+
+    def generate(
+        self, batch: Batch, *, max_new_tokens: int, use_cache: bool = True
+    ) -> torch.Tensor:
+        """Greedy continuations ``[batch, new]`` (``new <= max_new_tokens``: generation stops
+        early once every row has produced its end-of-sequence token), traced through nnsight's
+        generation, so it runs where `remote` says and every step sees the edits of
+        `circuits.edit.edited`. ``use_cache=False`` recomputes every position at each step
+        instead of continuing the key/value cache.
 
         Raises:
-            ValueError: when the model's traces run remotely (`remote`): a plain forward
-                cannot go with them.
+            ValueError: for prompts of different lengths (right padding would put the new
+                tokens after the padding), or ``max_new_tokens < 1``.
         """
-        if self.remote:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if not bool(batch.attention_mask.bool().all()):
             raise ValueError(
-                f"this runs plain PyTorch forwards, which cannot run remotely (remote="
-                f"{self.remote!r}); only discover and evaluate do. Load the model without remote"
+                "generate takes prompts of one length (no padding); generate the others apart"
             )
-        return _logits(self.torch_model(**self.inputs(batch)))
+        if not hasattr(self.lm, "generate"):
+            raise TypeError(
+                f"{type(self.torch_model).__name__} has no nnsight generation; load the Hugging "
+                "Face model instead"
+            )
+        remote = self.remote and not self._in_session
+        kwargs: dict[str, Any] = {"remote": self.remote} if remote else {}
+        with self.lm.generate(
+            **self.inputs(batch),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.pad_id,
+            use_cache=use_cache,
+            **kwargs,
+        ) as tracer:
+            tokens = tracer.result.save()  # [batch, pos + new]
+        return tokens[:, batch.input_ids.shape[1] :].cpu()
 
     def read(self, sub: str | Submodule) -> torch.Tensor:
         """Inside a trace: ``sub``'s activation, ``[batch, pos, width]``.
@@ -401,8 +458,6 @@ class Model:
     def _measure_widths(self) -> tuple[dict[str, int], int]:
         """Trace one single-token forward (here, never remotely: the model is being built) and
         record each site's shape and the logits' width."""
-        import nnsight
-
         token = getattr(self.tokenizer, "bos_token_id", None) or 0
         ids = torch.tensor([[token]], device=self.device)
         envoys = {name: self.lm.get(site.path) for name, site in self._sites.items()}
