@@ -154,7 +154,7 @@ def test_mask_training_refuses_a_remote_model(models):
         load_model("zoo", remote="nowhere")
 
 
-def test_the_commands_run_through_the_remote_path(tmp_path, sent):
+def test_the_commands_run_through_the_remote_path(tmp_path, sent, capsys):
     from circuits.cli import main
 
     outs = {}
@@ -165,3 +165,12 @@ def test_the_commands_run_through_the_remote_path(tmp_path, sent):
         outs[name] = json.loads((out / "circuit.json").read_text())["graph"]
         assert main(["evaluate", str(out), "--task", "sva-rc", "--n", "8", *extra]) == 0
     assert sent and outs["here"] == outs["there"]
+    sent.clear()
+    capsys.readouterr()
+    printed = []
+    for extra in ([], ["--remote", "local"]):
+        ablate = ["ablate", "--nodes", str(tmp_path / "here"), "--prompt", "The cats that the dog",
+                  "--ablation", "mean", "--json", *extra]  # fmt: skip
+        assert main(ablate) == 0
+        printed.append(json.loads(capsys.readouterr().out))
+    assert sent and printed[0] == printed[1] and printed[0]["total_variation"] > 0

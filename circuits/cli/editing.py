@@ -13,6 +13,7 @@ from circuits.cli import options
 from circuits.cli.options import (
     NO_DEFAULT,
     model_options,
+    remote_option,
 )
 
 
@@ -94,6 +95,7 @@ def add_ablate(commands: argparse._SubParsersAction, fmt: type) -> None:
         formatter_class=fmt,
     )
     model_options(abl)
+    remote_option(abl)
     abl.add_argument(
         "--nodes",
         required=True,
@@ -126,6 +128,7 @@ def add_shift(commands: argparse._SubParsersAction, fmt: type) -> None:
         formatter_class=fmt,
     )
     model_options(sh)
+    remote_option(sh)
     sh.add_argument(
         "--layer", type=int, help="probe on resid_LAYER; default: the middle layer" + NO_DEFAULT
     )

@@ -385,6 +385,7 @@ def add_explain(commands: argparse._SubParsersAction, fmt: type) -> None:
         formatter_class=fmt,
     )
     model_options(expl)
+    remote_option(expl)
     _unit_options(expl, top=20)
     _corpus_options(expl, "explanations")
     expl.add_argument(

@@ -38,7 +38,7 @@ def _remote(text: str | None) -> bool | str:
 
 
 def remote_option(parser: argparse.ArgumentParser) -> None:
-    """--remote, for the commands whose every forward is an nnsight trace."""
+    """--remote, for the commands that run the model through nnsight only."""
     parser.add_argument(
         "--remote",
         metavar="WHERE",
