@@ -8,7 +8,10 @@ CUDA). Node effects, edge effects, ablation means and evaluation then take every
 dataset: random ablations are seeded by it) and add up their per-batch sums across processes
 (`all_sum`, in float64), so every number equals a single process's up to the order of float
 additions. Batches are cut before they are split, so a batch holds the same pairs however many
-processes run. In a distributed run only rank 0 writes files (`circuits.files`) and prints.
+processes run. Dictionary training splits the forwards that fill its activation buffer and
+gathers what they read (`gathered`), so every process trains the same SAEs on the same buffer,
+and splits its held-out metrics like evaluation. In a distributed run only rank 0 writes files
+(`circuits.files`) and prints.
 """
 
 from __future__ import annotations
@@ -16,12 +19,21 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["all_sum", "finish", "init", "initialised", "rank", "shard", "world_size"]
+__all__ = [
+    "all_sum",
+    "finish",
+    "gathered",
+    "init",
+    "initialised",
+    "rank",
+    "shard",
+    "world_size",
+]
 
 T = TypeVar("T")
 
@@ -104,4 +116,15 @@ def all_sum(tensors: Sequence[Tensor]) -> list[Tensor]:
     for t in tensors:
         out.append(flat[start : start + t.numel()].reshape(t.shape).to(t.device, t.dtype))
         start += t.numel()
+    return out
+
+
+def gathered(value: T) -> list[T]:
+    """Every process's ``value``, in rank order (pickled; tensors on the CPU travel best);
+    ``[value]`` outside a distributed run."""
+    if world_size() == 1:
+        return [value]
+    torch = sys.modules["torch"]
+    out: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(out, value)
     return out

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from circuits.graph import Circuit
 
@@ -58,6 +59,26 @@ def test_two_processes_find_and_score_the_same_circuit(tmp_path):
     flat = [_numbers(s) for s in scores]
     assert len(flat[0]) == len(flat[1]) > 3
     assert flat[1] == pytest.approx(flat[0], rel=1e-6, abs=1e-9)
+
+
+def test_two_processes_train_the_same_dictionaries(tmp_path):
+    # A 32-document forward reads 4,096 tokens: buffers of 10,000 take three, split between the
+    # processes, and 100 steps of 128 tokens refill them once. The 64 held-out documents are
+    # two batches, one for each process.
+    common = ["train-dictionaries", "--submodules", "embed", "mlp_1", "--width", "64", "--k", "4",
+              "--steps", "100", "--batch-size", "128", "--buffer-tokens", "10000",
+              "--eval-docs", "64", "--threads", "1", "--no-progress"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, processes in ((one, 1), (two, 2)):
+        done = run([*common, "--out", str(out)], processes)
+        assert done.returncode == 0, done.stderr[-3000:]
+    for folder in ("embed", "mlp_out_layer1"):
+        a = torch.load(one / folder / "ae.pt", weights_only=True)
+        b = torch.load(two / folder / "ae.pt", weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        metrics = [json.loads((out / folder / "metrics.json").read_text()) for out in (one, two)]
+        assert metrics[0].keys() == metrics[1].keys()
+        assert _numbers(metrics[1]) == pytest.approx(_numbers(metrics[0]), rel=1e-9, abs=1e-12)
 
 
 def test_commands_that_do_not_split_their_work_refuse_torchrun(tmp_path):

@@ -18,7 +18,8 @@ from pathlib import Path
 from circuits import __version__
 from circuits.cli import build, editing, find, look
 
-DISTRIBUTED = ("discover", "evaluate")  # commands that split their pairs across torchrun ranks
+# Commands that split their pairs (or corpus) across torchrun ranks.
+DISTRIBUTED = ("discover", "evaluate", "train-dictionaries")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in DISTRIBUTED:
             print(
                 f"circuits: error: `circuits {args.command}` does not run distributed; only "
-                f"{' and '.join(DISTRIBUTED)} do. Start it without torchrun",
+                f"{', '.join(DISTRIBUTED)} do. Start it without torchrun",
                 file=sys.stderr,
             )
             distributed.finish(wait=True)  # every process refuses

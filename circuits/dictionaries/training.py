@@ -31,6 +31,7 @@ from circuits.dictionaries.base import SAE
 from circuits.dictionaries.formats import PathLike, save_dictionary
 from circuits.dictionaries.mapping import sfc_directory_name
 from circuits.dictionaries.trainee import Activation, _lr_factor, _Trainee
+from circuits.distributed import all_sum, gathered, rank, world_size
 from circuits.files import replacing, write_text
 from circuits.runs import Interrupted, read_checkpoint, stop_requests
 
@@ -143,13 +144,7 @@ def _first_norm_ratio(act: Tensor, attention_mask: Tensor) -> float:
 
 def _tokenize(model: Any, texts: list[str], context_length: int | None) -> Any:
     """A `Batch` of ``texts`` cut to ``context_length`` tokens."""
-    from circuits.models import Batch
-
-    batch = model.tokenize(texts)
-    if context_length is None or batch.input_ids.shape[1] <= context_length:
-        return batch
-    mask = batch.attention_mask[:, :context_length]
-    return Batch(batch.input_ids[:, :context_length], mask, mask.sum(1) - 1)
+    return model.tokenize(texts, max_tokens=context_length)
 
 
 def _read(model: Any, batch: Any, names: Sequence[str]) -> dict[str, Tensor]:
@@ -178,29 +173,50 @@ class _Buffer:
         self.first_norm_ratio: dict[str, float] = {}  # of a fill's first forward
 
     def load(self, fill: int, position: int, offset: int = 0) -> None:
-        """Fill number ``fill`` from training document ``position``; skip ``offset`` batches."""
+        """Fill number ``fill`` from training document ``position``; skip ``offset`` batches.
+
+        In a distributed run the processes read the next ``world_size`` text batches at once,
+        one each, and every process keeps the same ones, in order, that one process would.
+        """
         o, docs = self.o, self.corpus.training(position)
         parts: dict[str, list[Tensor]] = {name: [] for name in self.names}
         n = used = 0
         while n < o["buffer_tokens"]:
-            texts = list(islice(docs, o["text_batch_size"]))
-            batch = _tokenize(self.model, texts, o["context_length"])
-            keep = _kept(batch, o["skip_positions"])
-            for name, act in _read(self.model, batch, self.names).items():
-                parts[name].append(act[keep.to(act.device)])
+            texts = [list(islice(docs, o["text_batch_size"])) for _ in range(world_size())]
+            for batch_texts, (acts, ratios) in zip(
+                texts, gathered(self._forward(texts[rank()])), strict=True
+            ):
+                if n >= o["buffer_tokens"]:
+                    break
+                for name, act in acts.items():
+                    parts[name].append(act.to(self.model.device_of(name)))
                 if not n:
-                    self.first_norm_ratio[name] = _first_norm_ratio(act, batch.attention_mask)
-            n, used = n + int(keep.sum()), used + len(texts)
-            if used >= (self.corpus.n_train or math.inf) and n < o["batch_size"]:
-                raise ValueError(
-                    f"the corpus's {self.corpus.n_train} training documents hold {n} tokens, "
-                    f"fewer than one batch (batch_size={o['batch_size']}); give more text"
-                )
+                    self.first_norm_ratio = ratios
+                n, used = n + len(acts[self.names[0]]), used + len(batch_texts)
+                if used >= (self.corpus.n_train or math.inf) and n < o["batch_size"]:
+                    raise ValueError(
+                        f"the corpus's {self.corpus.n_train} training documents hold {n} tokens, "
+                        f"fewer than one batch (batch_size={o['batch_size']}); give more text"
+                    )
         self.acts = {name: torch.cat(p) for name, p in parts.items()}  # {name: [n, width]}
         generator = torch.Generator().manual_seed(o["seed"] * 1_000_003 + fill)
         self.order = torch.randperm(n, generator=generator)  # [n]
         self.fill, self.position, self.next_position = fill, position, position + used
         self.offset, self.n_batches = offset, n // o["batch_size"]
+
+    def _forward(self, texts: list[str]) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """``({name: [kept tokens, width]}, {name: first-token norm ratio})`` of one text
+        batch; on the CPU in a distributed run, for gathering."""
+        o = self.o
+        batch = _tokenize(self.model, texts, o["context_length"])
+        keep = _kept(batch, o["skip_positions"])
+        acts, ratios = {}, {}
+        for name, act in _read(self.model, batch, self.names).items():
+            acts[name] = act[keep.to(act.device)]
+            ratios[name] = _first_norm_ratio(act, batch.attention_mask)
+            if world_size() > 1:
+                acts[name] = acts[name].cpu()
+        return acts, ratios
 
     def next(self) -> dict[str, Tensor]:
         """The next batch ``{name: [batch_size, width]}``, refilling when the fill is used up."""
@@ -243,28 +259,50 @@ def _evaluate(model, saes: Mapping[str, SAE], corpus: _Corpus, task, options: Ma
         name: _FromPosition(copy.deepcopy(sae).to(dtype=model.dtype), skip)
         for name, sae in saes.items()
     }
-    sums = {name: dict.fromkeys(("err", "x2", "x", "l0", "ce", "fired"), 0.0) for name in saes}
-    clean = targets = tokens = 0.0
-    for start in range(0, len(corpus.heldout), options["text_batch_size"]):
+    # Sums over this process's share of the held-out batches, all float64 [] but x [d_model]
+    # and fired [width] (how many tokens each feature fired on); then summed over processes.
+    sums = {
+        name: {
+            "err": torch.zeros((), dtype=torch.float64),
+            "x2": torch.zeros((), dtype=torch.float64),
+            "x": torch.zeros(sae.d_model, dtype=torch.float64),
+            "l0": torch.zeros((), dtype=torch.float64),
+            "ce": torch.zeros((), dtype=torch.float64),
+            "fired": torch.zeros(sae.width, dtype=torch.float64),
+        }
+        for name, sae in saes.items()
+    }
+    counts = torch.zeros(3, dtype=torch.float64)  # clean cross-entropy sum, targets, tokens
+    starts = range(0, len(corpus.heldout), options["text_batch_size"])
+    for start in starts[rank() :: world_size()]:
         texts = corpus.heldout[start : start + options["text_batch_size"]]
         batch = _tokenize(model, texts, options["context_length"])
         n_targets = int(batch.attention_mask[:, 1:].sum())
         n_tokens = int(_kept(batch, skip).sum())
         if n_targets:
-            clean += cross_entropy(spliced_logits(model, batch), batch) * n_targets
-        targets, tokens = targets + n_targets, tokens + n_tokens
+            counts[0] += cross_entropy(spliced_logits(model, batch), batch) * n_targets
+        counts[1:] += torch.tensor([n_targets, n_tokens], dtype=torch.float64)
         for name, act in _read(model, batch, list(saes)).items():
             sae, s = saes[name], sums[name]
             x = act[_kept(batch, skip).to(act.device)].to(sae.W_enc)  # [tokens, d]
             f = sae.encode(x)  # [tokens, width]
-            s["err"] += (x - sae.decode(f)).double().pow(2).sum().item()
-            s["x2"] += x.double().pow(2).sum().item()
-            s["x"] = s["x"] + x.double().sum(0)
-            s["l0"] += (f > 0).sum().item()
-            s["fired"] = (f > 0).any(0) | (s["fired"] > 0)
+            s["err"] += (x - sae.decode(f)).double().pow(2).sum().cpu()
+            s["x2"] += x.double().pow(2).sum().cpu()
+            s["x"] += x.double().sum(0).cpu()
+            s["l0"] += (f > 0).sum().cpu()
+            s["fired"] += (f > 0).sum(0).cpu()
             if n_targets:
                 logits = spliced_logits(model, batch, name, spliced[name])
                 s["ce"] += cross_entropy(logits, batch) * n_targets
+    keys = [(name, key) for name in sums for key in sums[name]]
+    summed = all_sum([counts, *(sums[name][key] for name, key in keys)])
+    clean, targets, tokens = summed[0].tolist()
+    for (name, key), total in zip(keys, summed[1:], strict=True):
+        sums[name][key] = total
+    sums = {
+        name: {key: v.item() if v.ndim == 0 else v for key, v in s.items()}
+        for name, s in sums.items()
+    }
     metrics, accuracy = {}, None if task is None else task_scores(model, task)[0]
     for name, s in sums.items():
         fvu = s["err"] / (s["x2"] - s["x"].pow(2).sum().item() / tokens)
@@ -273,7 +311,7 @@ def _evaluate(model, saes: Mapping[str, SAE], corpus: _Corpus, task, options: Ma
             "variance_explained": 1 - fvu,
             "fvu": fvu,
             "l0": s["l0"] / tokens,
-            "dead_fraction": 1 - s["fired"].float().mean().item(),
+            "dead_fraction": 1 - (s["fired"] > 0).float().mean().item(),
             "ce_clean": clean / targets if targets else None,
             "ce_spliced": s["ce"] / targets if targets else None,
             "delta_ce": (s["ce"] - clean) / targets if targets else None,
@@ -495,7 +533,8 @@ def train_dictionaries(
                 for name, t in trainees.items()
             }
             step += 1
-            stopping = stop_requested()
+            # Every process stops at the same step, where any of them was asked to.
+            stopping = bool(all_sum([torch.tensor(float(stop_requested()))])[0])
             due = checkpoint_every and step % checkpoint_every == 0
             if (due or stopping) and step < steps:
                 state = {

@@ -253,7 +253,13 @@ class Model:
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def tokenize(self, prompts: Sequence[str], *, add_special_tokens: bool = True) -> Batch:
+    def tokenize(
+        self,
+        prompts: Sequence[str],
+        *,
+        add_special_tokens: bool = True,
+        max_tokens: int | None = None,
+    ) -> Batch:
         """Tokenize prompts into a right-padded `Batch`.
 
         Right padding keeps every real token at its natural position (0, 1, 2, ... from the
@@ -266,12 +272,16 @@ class Model:
         Args:
             prompts: The texts, one per row.
             add_special_tokens: Whether the tokenizer adds its special tokens (e.g. BOS).
+            max_tokens: Cut each prompt to its first ``max_tokens`` tokens (documents read for
+                their activations); None keeps them whole.
         """
         if isinstance(prompts, str):
             raise TypeError("tokenize takes a list of prompts; wrap a single prompt in a list")
         if not prompts:
             raise ValueError("tokenize needs at least one prompt")
         encoded = self.tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+        if max_tokens is not None:
+            encoded = [ids[:max_tokens] for ids in encoded]
         empty = [prompt for prompt, ids in zip(prompts, encoded, strict=True) if len(ids) == 0]
         if empty:
             raise ValueError(f"prompts with no tokens: {empty!r}")
