@@ -16,9 +16,10 @@ and splits its held-out metrics like evaluation. In a distributed run only rank 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "all_sum",
+    "alone",
     "finish",
     "gathered",
     "init",
@@ -48,14 +50,31 @@ def initialised() -> bool:
     )
 
 
+_alone = [False]  # inside `alone`
+
+
 def rank() -> int:
-    """This process's rank (0 outside a distributed run)."""
-    return sys.modules["torch"].distributed.get_rank() if initialised() else 0
+    """This process's rank (0 outside a distributed run, and inside `alone`)."""
+    return sys.modules["torch"].distributed.get_rank() if initialised() and not _alone[0] else 0
 
 
 def world_size() -> int:
-    """How many processes share the work (1 outside a distributed run)."""
-    return sys.modules["torch"].distributed.get_world_size() if initialised() else 1
+    """How many processes share the work (1 outside a distributed run, and inside `alone`)."""
+    if not initialised() or _alone[0]:
+        return 1
+    return sys.modules["torch"].distributed.get_world_size()
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Inside the block this process works as if it ran by itself: it takes every batch, and
+    its sums and gatherings stay its own (no collective call, so the processes may diverge)."""
+    before = _alone[0]
+    _alone[0] = True
+    try:
+        yield
+    finally:
+        _alone[0] = before
 
 
 def init() -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,23 @@ def test_two_processes_find_and_score_the_same_circuit(tmp_path):
     flat = [_numbers(s) for s in scores]
     assert len(flat[0]) == len(flat[1]) > 3
     assert flat[1] == pytest.approx(flat[0], rel=1e-6, abs=1e-9)
+
+
+def test_two_processes_plan_one_batch_size_for_both(tmp_path):
+    common = ["--task", "sva-rc", "--n", "24", "--method", "atp", "--threads", "1",
+              "--no-progress"]  # fmt: skip
+    planned = run(["discover", *common, "--batch-size", "auto", "--memory-budget", "300MiB",
+                   "--out", str(tmp_path / "two")], 2)  # fmt: skip
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    size = re.search(r"planned batch size (\d+)", planned.stderr)
+    assert size and planned.stderr.count("planned batch size") == 1  # rank 0 says it
+    one = run(["discover", *common, "--batch-size", size[1], "--out", str(tmp_path / "one")], 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (Circuit.load(tmp_path / name / "circuit.json") for name in ("one", "two"))
+    assert set(a.graph) == set(b.graph)
+    for node in a.graph:
+        if node != "y":
+            assert b.effect(node) == pytest.approx(a.effect(node), rel=1e-5, abs=1e-7)
 
 
 def test_two_processes_train_the_same_dictionaries(tmp_path):

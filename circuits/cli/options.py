@@ -241,16 +241,18 @@ def planned_batch_size(args: argparse.Namespace, model, pairs, run) -> int:
     from circuits import distributed
     from circuits.planning import parse_size, plan_batch_size
 
-    if distributed.world_size() > 1:
-        raise ValueError("--batch-size auto plans one process; give a number under torchrun")
     pairs = list(pairs)
     lengths = [len(ids) for ids in model.tokenizer([p.clean_prefix for p in pairs])["input_ids"]]
     longest = [pair for _, pair in sorted(zip(lengths, pairs, strict=True), key=lambda t: -t[0])]
-    plan = plan_batch_size(
-        lambda batch, n: run(longest[:n], batch),
-        parse_size(args.memory_budget),
-        device=model.device,
-        largest=len(pairs),
-    )
-    print(f"planned {plan.describe()}", file=sys.stderr)
-    return plan.batch_size
+    largest = max(1, len(pairs) // distributed.world_size())  # a batch for every process
+    with distributed.alone():  # under torchrun each process plans for its own memory
+        plan = plan_batch_size(
+            lambda batch, n: run(longest[:n], batch),
+            parse_size(args.memory_budget),
+            device=model.device,
+            largest=largest,
+        )
+    if distributed.rank() == 0:
+        print(f"planned {plan.describe()}", file=sys.stderr)
+    # Every process cuts the same batches: the smallest plan fits them all.
+    return min(distributed.gathered(plan.batch_size))
