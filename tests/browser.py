@@ -109,7 +109,10 @@ def chromium(width: int = 1100, height: int = 700) -> Iterator[Page]:
         import websocket  # noqa: F401
     except ImportError:
         raise BrowserMissing("websocket-client is not installed") from None
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+    # Chromium's helper processes may still write to the profile after the browser exits.
+    with tempfile.TemporaryDirectory(
+        prefix="chromium-profile-", ignore_cleanup_errors=True
+    ) as profile:
         process = subprocess.Popen(
             [
                 CHROMIUM,
