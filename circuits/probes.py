@@ -70,12 +70,24 @@ def pooled_features(
     """Each submodule's ``encode``\\ d activation mean-pooled over real tokens: ``[texts, width]``
     (float32, on the CPU).
 
-    One trace per batch, so edits active around the call (`circuits.edit.edited`) are seen. An
-    `Identity` dictionary gives the activation itself.
+    One trace per batch (on a remote model, all in one request), so edits active around the
+    call (`circuits.edit.edited`) are seen. An `Identity` dictionary gives the activation itself.
     """
-    wanted = set(submodules)
+    wanted = {model.submodule(name).name for name in submodules}  # unknown names raise
     order = [sub.name for sub in model.submodules if sub.name in wanted]
-    out: dict[str, list[Tensor]] = {name: [] for name in submodules}
+    parts = model.in_session(_pooled_batches, model, dictionaries, texts, order, batch_size)
+    return {name: torch.cat([part[name] for part in parts]).float().cpu() for name in order}
+
+
+def _pooled_batches(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    texts: Sequence[LabelledText],
+    order: Sequence[str],
+    batch_size: int,
+) -> list[dict[str, Tensor]]:
+    """``[{submodule: [batch, width]}]`` pooled features, one dict per batch of texts."""
+    parts = []
     with torch.no_grad():
         for batch in _batches(model, texts, batch_size):
             pooled: dict[str, Tensor] = {}
@@ -84,9 +96,8 @@ def pooled_features(
                     x = model.read(name)  # [batch, pos, width]
                     pooled[name] = _pool(dictionaries[name].encode(x), batch.attention_mask)
                 nnsight.save(pooled)
-            for name, value in pooled.items():
-                out[name].append(value.float().cpu())
-    return {name: torch.cat(parts) for name, parts in out.items()}
+            parts.append(pooled)
+    return parts
 
 
 def pooled_activations(
@@ -206,6 +217,29 @@ def probe_effects(
     submodules = [n for n in order[: order.index(readout) + 1] if n in dictionaries]
     if readout not in dictionaries:
         raise ValueError(f"the probe's submodule {readout} needs a dictionary")
+    totals = model.in_session(
+        _probe_totals, model, dictionaries, texts, probe, submodules, readout, batch_size
+    )
+    effects: dict[str, float] = {}
+    for name, total in totals.items():
+        total = total / len(texts)
+        for index in torch.nonzero(total[:-1]).flatten().tolist():
+            effects[node_name(name, index)] = float(total[index])
+        effects[node_name(name, ERROR)] = float(total[-1])
+    return effects
+
+
+def _probe_totals(
+    model: Model,
+    dictionaries: Mapping[str, Dictionary],
+    texts: Sequence[LabelledText],
+    probe: Probe,
+    submodules: Sequence[str],
+    readout: str,
+    batch_size: int,
+) -> dict[str, Tensor]:
+    """``{submodule: [width + 1]}``: each feature's effect, then the error's, summed over texts
+    and positions."""
     totals: dict[str, Tensor] = {}
     for batch in _batches(model, texts, batch_size):
         mask = batch.attention_mask
@@ -225,13 +259,7 @@ def probe_effects(
             feats, errs = contract(clean, zero, grads[name], mask)  # [b,p,width], [b,p]
             summed = torch.cat([feats.sum(dim=(0, 1)), errs.sum().reshape(1)]).cpu()
             totals[name] = totals.get(name, 0) + summed
-    effects: dict[str, float] = {}
-    for name, total in totals.items():
-        total = total / len(texts)
-        for index in torch.nonzero(total[:-1]).flatten().tolist():
-            effects[node_name(name, index)] = float(total[index])
-        effects[node_name(name, ERROR)] = float(total[-1])
-    return effects
+    return totals
 
 
 def auc(scores: Tensor, labels: Tensor) -> Tensor:
