@@ -184,7 +184,9 @@ class _Buffer:
         while n < o["buffer_tokens"]:
             texts = [list(islice(docs, o["text_batch_size"])) for _ in range(world_size())]
             for batch_texts, (acts, ratios) in zip(
-                texts, gathered(self._forward(texts[rank()])), strict=True
+                texts,
+                gathered(self._forward(texts[rank()], first=not n and rank() == 0)),
+                strict=True,
             ):
                 if n >= o["buffer_tokens"]:
                     break
@@ -204,16 +206,20 @@ class _Buffer:
         self.fill, self.position, self.next_position = fill, position, position + used
         self.offset, self.n_batches = offset, n // o["batch_size"]
 
-    def _forward(self, texts: list[str]) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def _forward(
+        self, texts: list[str], *, first: bool
+    ) -> tuple[dict[str, Tensor], dict[str, float]]:
         """``({name: [kept tokens, width]}, {name: first-token norm ratio})`` of one text
-        batch; on the CPU in a distributed run, for gathering."""
+        batch, the ratios only for a fill's ``first`` batch (else ``{}``); on the CPU in a
+        distributed run, for gathering."""
         o = self.o
         batch = _tokenize(self.model, texts, o["context_length"])
         keep = _kept(batch, o["skip_positions"])
         acts, ratios = {}, {}
         for name, act in _read(self.model, batch, self.names).items():
             acts[name] = act[keep.to(act.device)]
-            ratios[name] = _first_norm_ratio(act, batch.attention_mask)
+            if first:
+                ratios[name] = _first_norm_ratio(act, batch.attention_mask)
             if world_size() > 1:
                 acts[name] = acts[name].cpu()
         return acts, ratios
